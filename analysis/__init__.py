@@ -1,0 +1,1 @@
+"""Spectrascope analysis: model sources, spectra, heavy-tail estimators, allocation, intruders."""

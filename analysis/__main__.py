@@ -1,0 +1,24 @@
+"""Command line: `python -m analysis {analyze,allocate,intruders} ...` (see each sub-command's --help)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS = {"analyze": "analysis.cli_analyze", "allocate": "analysis.cli_allocate",
+               "intruders": "analysis.cli_intruders"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis",
+                                     description="Spectrascope: weight spectra, heavy-tail α, allocations, intruders")
+    sub = parser.add_subparsers(dest="command", required=True)
+    modules = {cmd: importlib.import_module(path) for cmd, path in SUBCOMMANDS.items()}
+    for mod in modules.values():
+        mod.add_parser(sub)
+    args = parser.parse_args(argv)
+    return modules[args.command].run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""The spectral engine: stream a model's matrices, compute ESDs, α estimators and metrics, cache the result."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from analysis import esd
+from analysis.config import data_dir
+from analysis.metrics import norm_metrics
+from analysis.types import MatrixInfo, SpectrascopeError
+
+ENGINE_VERSION = 3          # bump when any number the engine writes changes meaning
+NON_BLOCK_KINDS = ("embedding", "head")
+WW_MAX_N = 50_000           # weightwatcher skips matrices with a side longer than this (max_N)
+WW_MAX_EVALS = 15_000       # ... or with more eigenvalues than this (max_evals)
+
+Progress = Callable[[int, int, str], None]
+
+# columns of AnalysisResult.matrices, in order (the CLI contract's columns come first)
+COLUMNS = ["name", "layer", "module", "rows", "cols", "alpha", "alpha_hill", "xmin", "D", "stable_rank",
+           "log_spectral_norm", "num_pl_spikes", "sigma", "alpha_mid", "alpha_hill_xmin", "alpha_hill_D",
+           "alpha_weighted", "log_norm", "log_alpha_norm", "entropy", "matrix_rank", "mp_edge", "num_spikes",
+           "num_evals", "label", "status", "fit", "dtype", "notes", "ww_comparable"]
+LAYER_METRICS = ["alpha", "alpha_mid", "alpha_weighted", "log_norm", "log_spectral_norm", "log_alpha_norm",
+                 "stable_rank", "entropy", "num_spikes"]
+
+
+@dataclass
+class AnalysisResult:
+    """Per-matrix table, per-layer summary, eigenvalues, and what was skipped, for one model."""
+
+    model: str
+    flags: list[str]
+    identity: dict
+    settings: dict
+    matrices: pd.DataFrame
+    layers: pd.DataFrame
+    evals: dict[str, np.ndarray]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    num_parameters: int | None = None
+    elapsed_s: float = 0.0
+    from_cache: bool = False
+
+    def layer_scores(self, column: str = "alphalora_score") -> list[float]:
+        """AlphaLoRA's per-layer quality score (mean PL_Alpha_Hill of the block's matrices), layer 0..L−1."""
+        return [float(v) for v in self.layers.sort_values("layer")[column]]
+
+    def matrix(self, name: str) -> pd.Series:
+        """The metrics row of one matrix by its checkpoint name."""
+        hit = self.matrices[self.matrices["name"] == name]
+        if hit.empty:
+            raise SpectrascopeError(f"matrix {name!r} is not in the analysis of {self.model}")
+        return hit.iloc[0]
+
+
+# ---------------------------------------------------------------- one matrix
+
+def analyze_matrix(info: MatrixInfo, W: torch.Tensor, device: str = "cpu",
+                   evals: np.ndarray | None = None) -> tuple[dict, np.ndarray | None]:
+    """All metrics of one matrix; returns (row, eigenvalues) — eigenvalues None when it could not be analysed."""
+    row: dict = {"name": info.name, "layer": info.layer, "module": info.module, "rows": info.rows,
+                 "cols": info.cols, "dtype": info.dtype, "notes": "; ".join(info.notes)}
+    M, N = min(info.rows, info.cols), max(info.rows, info.cols)
+    row["ww_comparable"] = bool(esd.MIN_EVALS <= M <= WW_MAX_EVALS and N <= WW_MAX_N)
+    if evals is None:
+        bad = ~torch.isfinite(W)
+        if bool(bad.any()):
+            n_nan, n_inf = int(torch.isnan(W).sum()), int(torch.isinf(W).sum())
+            row["status"] = f"non-finite weights ({n_nan} NaN, {n_inf} Inf): not analysed"
+            return row, None
+        evals = esd.eigenvalues(W, device=device)
+    row["num_evals"] = int(evals.size)
+    if M < esd.MIN_EVALS:
+        row["status"] = f"fewer than {esd.MIN_EVALS} eigenvalues: no power-law fit"
+        row.update(norm_metrics(evals, float("nan"), info.rows, info.cols))
+        return row, evals
+    ww = esd.alpha_ww(evals, device=device)
+    hill = esd.alpha_hill(evals, "peak", device=device)
+    mid = esd.alpha_hill(evals, "mid", device=device)
+    row.update(alpha=ww.alpha, xmin=ww.xmin, D=ww.D, num_pl_spikes=ww.num_pl_spikes, sigma=ww.sigma,
+               fit=ww.status, alpha_hill=hill.alpha, alpha_hill_xmin=hill.xmin, alpha_hill_D=hill.D,
+               alpha_mid=mid.alpha, label=esd.quality_label(ww.alpha), status="ok")
+    row.update(norm_metrics(evals, ww.alpha, info.rows, info.cols))
+    return row, evals
+
+
+def _batched_evals(batch: list[torch.Tensor], device: str) -> list[np.ndarray]:
+    """Eigenvalues of several same-shape matrices in one batched eigvalsh (used on CUDA)."""
+    if len(batch) == 1:
+        return [esd.eigenvalues(batch[0], device=device)]
+    W = torch.stack([w if w.shape[0] >= w.shape[1] else w.T for w in batch]).to(device, torch.float64)
+    G = W.transpose(1, 2) @ W                                 # (B, M, M)
+    ev = torch.linalg.eigvalsh(G).clamp_min(0.0).cpu().numpy()
+    return list(ev)
+
+
+# ---------------------------------------------------------------- layers
+
+def layer_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per transformer block: AlphaLoRA score (mean PL_Alpha_Hill over the block's matrices,
+    embeddings and head excluded) and the mean of each metric."""
+    block = df[df["layer"].notna() & ~df["module"].isin(NON_BLOCK_KINDS)]
+    if "alpha_hill" in block:
+        block = block[block["alpha_hill"].notna()]
+    if block.empty:
+        return pd.DataFrame(columns=["layer", "alphalora_score", "matrices"] + LAYER_METRICS)
+    g = block.groupby(block["layer"].astype(int))
+    out = pd.DataFrame({"alphalora_score": g["alpha_hill"].mean(), "matrices": g.size()})
+    for col in LAYER_METRICS:
+        if col in block:
+            out[col] = g[col].mean()
+    out = out.reset_index().rename(columns={"index": "layer"})
+    out["layer"] = out["layer"].astype(int)
+    return out
+
+
+# ---------------------------------------------------------------- cache
+
+def _cache_dir(identity: dict, settings: dict) -> Path:
+    blob = json.dumps({"identity": identity, "settings": settings, "engine": ENGINE_VERSION}, sort_keys=True,
+                      default=str)
+    return data_dir() / "cache" / "analysis" / hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _save_cache(path: Path, result: AnalysisResult) -> None:
+    """Write atomically (temp folder, then rename) so a crash never leaves a half cache entry."""
+    from safetensors.numpy import save_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-"))
+    try:
+        result.matrices.to_json(tmp / "matrices.json", orient="records")
+        result.layers.to_json(tmp / "layers.json", orient="records")
+        keys = {f"m{i}": n for i, n in enumerate(result.evals)}
+        save_file({k: np.ascontiguousarray(result.evals[n]) for k, n in keys.items()} or
+                  {"_empty": np.zeros(0)}, str(tmp / "evals.safetensors"))
+        meta = {"model": result.model, "flags": result.flags, "identity": result.identity,
+                "settings": result.settings, "skipped": result.skipped, "evals_keys": keys,
+                "num_parameters": result.num_parameters, "elapsed_s": result.elapsed_s}
+        (tmp / "meta.json").write_text(json.dumps(meta, default=str))
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _load_cache(path: Path) -> AnalysisResult | None:
+    from safetensors.numpy import load_file
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        arrays = load_file(str(path / "evals.safetensors"))
+        matrices = pd.read_json(path / "matrices.json", orient="records", dtype=False)
+        layers = pd.read_json(path / "layers.json", orient="records", dtype=False)
+    except (OSError, ValueError, KeyError):
+        return None                                  # missing or damaged entry: recompute
+    matrices = matrices.reindex(columns=COLUMNS)
+    evals = {name: arrays[k] for k, name in meta["evals_keys"].items()}
+    return AnalysisResult(model=meta["model"], flags=meta["flags"], identity=meta["identity"],
+                          settings=meta["settings"], matrices=matrices, layers=layers, evals=evals,
+                          skipped=[tuple(s) for s in meta["skipped"]], num_parameters=meta["num_parameters"],
+                          elapsed_s=meta["elapsed_s"], from_cache=True)
+
+
+# ---------------------------------------------------------------- whole model
+
+def resolve_device(device: str = "auto") -> str:
+    """'auto' → 'cuda' when a GPU is visible, else 'cpu'; an unavailable 'cuda' is a clear error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SpectrascopeError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise SpectrascopeError(f"unknown device {device!r}: use auto, cpu or cuda")
+    return device
+
+
+def analyze(model=None, adapter=None, *, device: str = "auto", use_cache: bool = True,
+            progress: Progress | None = None, source=None, batch_size: int | None = None) -> AnalysisResult:
+    """Analyse every 2-D weight matrix of a model (see analysis.sources.open_source for what `model` may be).
+
+    Streams one matrix at a time; results are cached in the data directory, keyed by the checkpoint's
+    identity (paths, sizes, mtimes) and the settings, so an unchanged checkpoint returns at once.
+    """
+    from analysis.sources import open_source
+    device = resolve_device(device)
+    src = source if source is not None else open_source(model, adapter)
+    settings = {"evals_thresh": esd.EVALS_THRESH, "hill_bins": esd.HILL_BINS}
+    identity = src.identity()
+    cache_path = _cache_dir(identity, settings) if identity else None
+    if use_cache and cache_path is not None and cache_path.exists():
+        cached = _load_cache(cache_path)
+        if cached is not None:
+            return cached
+
+    t0 = time.perf_counter()
+    infos = src.matrices()
+    if not infos:
+        raise SpectrascopeError(f"{src.label} has no 2-D weight matrices to analyse; is it a transformer checkpoint?")
+    bs = batch_size or (8 if device.startswith("cuda") else 1)
+    rows: list[dict] = []
+    evals: dict[str, np.ndarray] = {}
+    skipped: list[tuple[str, str]] = []
+    pending: list[tuple[MatrixInfo, torch.Tensor]] = []
+
+    def flush() -> None:
+        good = [(i, w) for i, w in pending if bool(torch.isfinite(w).all())]
+        ev_list = _batched_evals([w for _, w in good], device) if len(good) > 1 else None
+        ev_by_name = {i.name: e for (i, _), e in zip(good, ev_list)} if ev_list is not None else {}
+        for info, W in pending:
+            row, ev = analyze_matrix(info, W, device, evals=ev_by_name.get(info.name))
+            rows.append(row)
+            if ev is not None:
+                evals[info.name] = ev
+            if row["status"] != "ok":
+                skipped.append((info.name, row["status"]))
+            if progress:
+                progress(len(rows), len(infos), info.name)
+        pending.clear()
+
+    for info, W in src.iter_matrices():
+        if pending and (len(pending) >= bs or tuple(pending[0][1].shape) != tuple(W.shape)):
+            flush()
+        pending.append((info, W))
+    flush()
+
+    df = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    if src.flags:  # every output row carries the source's caveats (e.g. dequantised 4-bit weights)
+        df["notes"] = ["; ".join([n for n in [str(v) if isinstance(v, str) else ""] + list(src.flags) if n])
+                       for v in df["notes"]]
+    result = AnalysisResult(model=src.label, flags=list(src.flags), identity=identity, settings=settings,
+                            matrices=df, layers=layer_summary(df), evals=evals, skipped=skipped,
+                            num_parameters=_safe_num_parameters(src), elapsed_s=time.perf_counter() - t0)
+    if cache_path is not None:
+        try:
+            _save_cache(cache_path, result)
+        except OSError:
+            pass                                         # a read-only data dir must not break analysis
+    return result
+
+
+def _safe_num_parameters(src) -> int | None:
+    try:
+        return int(src.num_parameters())
+    except (AttributeError, NotImplementedError, TypeError):
+        return None
+
+
+def finite_or_none(x) -> float | None:
+    """JSON-friendly float: NaN/inf → None."""
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None

@@ -1,0 +1,25 @@
+"""Test-session settings: no hub access, and a private data directory per test session."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_data_dir(tmp_path_factory):
+    """SPECTRASCOPE_DATA points at a fresh folder for the session, so tests never touch ./spectrascope-data."""
+    path = tmp_path_factory.mktemp("spectrascope-data")
+    old = os.environ.get("SPECTRASCOPE_DATA")
+    os.environ["SPECTRASCOPE_DATA"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("SPECTRASCOPE_DATA", None)
+    else:
+        os.environ["SPECTRASCOPE_DATA"] = old
