@@ -106,6 +106,50 @@ def _batched_evals(batch: list[torch.Tensor], device: str) -> list[np.ndarray]:
     return list(ev)
 
 
+def _analyze_stream(items, device: str, batch_size: int | None, workers: int | None):
+    """Yield (info, (row, evals)) in input order for a stream of (MatrixInfo, tensor)."""
+    if device.startswith("cuda") or (batch_size or 1) > 1:
+        bs = batch_size or 8
+        pending: list[tuple[MatrixInfo, torch.Tensor]] = []
+
+        def flush():
+            good = [(i, w) for i, w in pending if bool(torch.isfinite(w).all())]
+            ev_list = _batched_evals([w for _, w in good], device) if len(good) > 1 else None
+            ev_by_name = {i.name: e for (i, _), e in zip(good, ev_list)} if ev_list is not None else {}
+            out = [(i, analyze_matrix(i, w, device, evals=ev_by_name.get(i.name))) for i, w in pending]
+            pending.clear()
+            return out
+
+        for info, W in items:
+            if pending and (len(pending) >= bs or tuple(pending[0][1].shape) != tuple(W.shape)):
+                yield from flush()
+            pending.append((info, W))
+        yield from flush()
+        return
+    n = workers or min(os.cpu_count() or 1, 4)
+    if n <= 1:
+        for info, W in items:
+            yield info, analyze_matrix(info, W, device)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            queue: deque = deque()
+            for info, W in items:
+                queue.append((info, pool.submit(analyze_matrix, info, W, device)))
+                while len(queue) > n:
+                    head, fut = queue.popleft()
+                    yield head, fut.result()
+            while queue:
+                head, fut = queue.popleft()
+                yield head, fut.result()
+    finally:
+        torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------- layers
 
 def layer_summary(df: pd.DataFrame) -> pd.DataFrame:
@@ -188,10 +232,14 @@ def resolve_device(device: str = "auto") -> str:
 
 
 def analyze(model=None, adapter=None, *, device: str = "auto", use_cache: bool = True,
-            progress: Progress | None = None, source=None, batch_size: int | None = None) -> AnalysisResult:
+            progress: Progress | None = None, source=None, batch_size: int | None = None,
+            workers: int | None = None) -> AnalysisResult:
     """Analyse every 2-D weight matrix of a model (see analysis.sources.open_source for what `model` may be).
 
-    Streams one matrix at a time; results are cached in the data directory, keyed by the checkpoint's
+    Streams the matrices; on CUDA same-shape matrices go through one batched eigvalsh (batch_size, default 8);
+    on CPU `workers` threads (default: one per core, at most 4) each run single-threaded LAPACK on their own
+    matrix, which beats one multi-threaded call on the small matrices transformers have (see
+    benchmarks/analysis_speed.py); at most `workers` + 1 matrices are in memory at once. Results are cached in the data directory, keyed by the checkpoint's
     identity (paths, sizes, mtimes) and the settings, so an unchanged checkpoint returns at once.
     """
     from analysis.sources import open_source
@@ -209,32 +257,17 @@ def analyze(model=None, adapter=None, *, device: str = "auto", use_cache: bool =
     infos = src.matrices()
     if not infos:
         raise SpectrascopeError(f"{src.label} has no 2-D weight matrices to analyse; is it a transformer checkpoint?")
-    bs = batch_size or (8 if device.startswith("cuda") else 1)
     rows: list[dict] = []
     evals: dict[str, np.ndarray] = {}
     skipped: list[tuple[str, str]] = []
-    pending: list[tuple[MatrixInfo, torch.Tensor]] = []
-
-    def flush() -> None:
-        good = [(i, w) for i, w in pending if bool(torch.isfinite(w).all())]
-        ev_list = _batched_evals([w for _, w in good], device) if len(good) > 1 else None
-        ev_by_name = {i.name: e for (i, _), e in zip(good, ev_list)} if ev_list is not None else {}
-        for info, W in pending:
-            row, ev = analyze_matrix(info, W, device, evals=ev_by_name.get(info.name))
-            rows.append(row)
-            if ev is not None:
-                evals[info.name] = ev
-            if row["status"] != "ok":
-                skipped.append((info.name, row["status"]))
-            if progress:
-                progress(len(rows), len(infos), info.name)
-        pending.clear()
-
-    for info, W in src.iter_matrices():
-        if pending and (len(pending) >= bs or tuple(pending[0][1].shape) != tuple(W.shape)):
-            flush()
-        pending.append((info, W))
-    flush()
+    for info, (row, ev) in _analyze_stream(src.iter_matrices(), device, batch_size, workers):
+        rows.append(row)
+        if ev is not None:
+            evals[info.name] = ev
+        if row["status"] != "ok":
+            skipped.append((info.name, row["status"]))
+        if progress:
+            progress(len(rows), len(infos), info.name)
 
     df = pd.DataFrame(rows).reindex(columns=COLUMNS)
     if src.flags:  # every output row carries the source's caveats (e.g. dequantised 4-bit weights)
