@@ -133,9 +133,10 @@ def test_cuda_without_gpu_is_a_clear_error():
 
 def test_threaded_cpu_path_equals_sequential():
     model = tiny_llama(7)
+    threads = torch.get_num_threads()
     seq = engine.analyze(model, use_cache=False, device="cpu", workers=1).matrices
     par = engine.analyze(model, use_cache=False, device="cpu", workers=3).matrices
     assert list(seq["name"]) == list(par["name"])                      # input order kept
     np.testing.assert_allclose(seq["alpha"].astype(float), par["alpha"].astype(float), rtol=0, atol=0,
                                equal_nan=True)
-    assert torch.get_num_threads() >= 1
+    assert torch.get_num_threads() == threads                         # the global setting is restored
