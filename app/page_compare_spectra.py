@@ -1,0 +1,559 @@
+"""Compare spectra page: intruder dimensions of fine-tunes (runs or checkpoints) vs their base, α shift, mitigation."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from analysis import intruders
+from analysis.config import DEFAULT_MODEL, data_dir
+from analysis.runs_index import RunArtifact, list_runs
+from analysis.types import MatrixInfo, SpectrascopeError
+from app import charts_spectra as cs
+from app import common
+
+VIEW = ("cs_base", "cs_ft", "cs_runs", "cs_k", "cs_eps", "cs_side", "cs_matrix", "cs_moe", "cs_m")
+common.register_view_keys(*VIEW)
+PER_EXPERT, ROUTED = "per expert", "routing-weighted mean update"
+MOE_MODES = {PER_EXPERT: "each expert merged on its own: W0 + s·B_e A_e (every expert is one matrix)",
+             ROUTED: "W0 + s·Σ_e mean gate_e · B_e A_e, the gate averaged over up to 64 validation examples"}
+MAX_MEMO = 8
+ROUTED_EXAMPLES = 64
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MITIGATION_STATE = "cs_mitigation"
+ALPHA_SCORE = ("alphalora_score", "AlphaLoRA layer score α")
+
+
+# ---------------------------------------------------------------- view state (mirrored into the URL)
+
+def seed_from_url() -> None:
+    """This page's view settings from the URL on first visit (common.init_view may have run before import)."""
+    for name in VIEW:
+        if f"view_{name}" not in st.session_state and name in st.query_params:
+            st.session_state[f"view_{name}"] = st.query_params[name]
+
+
+def bound(widget, label: str, name: str, default, parse, where=None, **kw):
+    """A widget whose value is the view setting `name` (str in the view, parsed for the widget)."""
+    key = f"w_{name}"
+    try:
+        value = parse(common.view(name, str(default)))
+    except (TypeError, ValueError):
+        value = default
+    st.session_state[key] = value
+    common.set_view(name, value)
+    return getattr(where or st, widget)(label, key=key,
+                                                  on_change=lambda: common.set_view(name, st.session_state[key]),
+                                                  **kw)
+
+
+def manual_sides() -> list[list[str]]:
+    """The checkpoints added by hand, [[fine-tuned model, adapter], …] (view "cs_ft", JSON)."""
+    try:
+        value = json.loads(common.view("cs_ft", "[]"))
+        return [[str(m or ""), str(a or "")] for m, a in value]
+    except (ValueError, TypeError):
+        return []
+
+
+def set_manual_sides(sides: list[list[str]]) -> None:
+    common.set_view("cs_ft", json.dumps(sides) if sides else None)
+
+
+# ---------------------------------------------------------------- what is compared
+
+@dataclass(frozen=True)
+class Side:
+    """One fine-tuned side: base + adapter, a full checkpoint, or a MoE-LoRA run (merged by this page)."""
+
+    label: str
+    base: str
+    model: str | None
+    adapter: str | None
+    run: RunArtifact | None = None
+
+    @property
+    def moe(self) -> bool:
+        return self.run is not None and self.run.method == "moe_lora"
+
+
+def short(path: str, n: int = 32) -> str:
+    name = Path(path).name or path
+    return name if len(name) <= n else "…" + name[-(n - 1):]
+
+
+def build_sides(base: str, runs: list[RunArtifact], chosen: list[str], manual: list[list[str]]) -> list[Side]:
+    sides: list[Side] = []
+    by_key = {r.key: r for r in runs}
+    for key in chosen:
+        run = by_key.get(key)
+        if run is None:
+            continue
+        b, model, adapter = run.sources()
+        sides.append(Side(run.label, b or base, model if run.method != "lora" else (b or base), adapter, run))
+    for model, adapter in manual:
+        label = " + ".join(short(p) for p in (model or base, adapter) if p)
+        sides.append(Side(label, base, model or base, adapter or None))
+    seen: dict[str, int] = {}
+    out = []
+    for s in sides:                                   # labels name legend entries: keep them unique
+        seen[s.label] = seen.get(s.label, 0) + 1
+        out.append(s if seen[s.label] == 1 else dataclasses.replace(s, label=f"{s.label} #{seen[s.label]}"))
+    return out
+
+
+# ---------------------------------------------------------------- computation (memoised, with progress)
+
+@st.cache_resource(show_spinner=False)
+def _memo() -> tuple[OrderedDict, threading.Lock]:
+    """Comparisons kept in memory across reruns and sessions, keyed by source identities + settings."""
+    return OrderedDict(), threading.Lock()
+
+
+def _memo_get(key: str):
+    store, lock = _memo()
+    with lock:
+        if key in store:
+            store.move_to_end(key)
+            return store[key]
+    return None
+
+
+def _memo_put(key: str, value) -> None:
+    store, lock = _memo()
+    with lock:
+        store[key] = value
+        while len(store) > MAX_MEMO:
+            store.popitem(last=False)
+
+
+def _stamp(folder: Path) -> list:
+    return sorted([p.name, p.stat().st_size, p.stat().st_mtime] for p in folder.iterdir() if p.is_file())
+
+
+def _source_pair(side: Side):
+    from analysis.sources import open_source
+    return open_source(side.base), open_source(side.model, side.adapter)
+
+
+def _moe_report(side: Side, mode: str, top_k: int, progress):
+    """Intruders of a MoE-LoRA run: per expert (W0 + s·B_e A_e) or for the routing-weighted mean update."""
+    from analysis.naming import layer_index, module_kind
+    from analysis.sources import open_source
+    from training import data
+    from training.moe_lora import merged_expert_weights, moe_lora_layers, routing_weighted_delta
+    from training.moe_lora.layer import base_weight
+    from training.trainer import encode, load_artifacts
+
+    base_src = open_source(side.base)
+    model, tokenizer, cfg, task, rows, decoder = load_artifacts(side.run.folder, device="cpu")
+    layers = dict(moe_lora_layers(model))
+    by_name = {i.name: i for i in base_src.matrices()}
+    cache = intruders.BaseSvdCache(base_src)
+    base_of: dict[str, MatrixInfo] = {}
+
+    def base_info(module: str, W0) -> MatrixInfo:
+        full = module + ".weight"
+        hits = [i for n, i in by_name.items() if n == full or full.endswith("." + n)]
+        if len(hits) == 1 and (hits[0].rows, hits[0].cols) == tuple(W0.shape):
+            return hits[0]
+        return MatrixInfo(full, layer_index(full), module_kind(full), *W0.shape)
+
+    def w0(module: str):
+        return base_weight(layers[module].base_layer).float().cpu()
+
+    if mode == PER_EXPERT:
+        total = sum(layer.n_experts for layer in layers.values())
+
+        def pairs():
+            for name, W in merged_expert_weights(model):
+                module, e = name.rsplit(".experts.", 1)
+                W0 = w0(module)
+                b = base_info(module, W0)
+                info = MatrixInfo(f"{b.name} [expert {e}]", b.layer, b.module, b.rows, b.cols,
+                                  notes=(f"MoE-LoRA expert {e} merged",))
+                base_of[info.name] = b
+                yield info, W0, W
+    else:
+        split = rows.get("validation") or rows.get("train") or []
+        if not split:
+            raise SpectrascopeError(f"run {side.run.key} has no validation or training rows to average the routing "
+                                    "over: use the per-expert view")
+        batches = data.batches(encode(task, split[:ROUTED_EXAMPLES], tokenizer, cfg, decoder), cfg.batch_size,
+                               shuffle=False)
+        deltas = routing_weighted_delta(model, batches)
+        total = len(deltas)
+
+        def pairs():
+            for module, D in deltas.items():
+                W0 = w0(module)
+                b = base_info(module, W0)
+                info = dataclasses.replace(b, notes=("MoE-LoRA routing-weighted mean update",))
+                base_of[info.name] = b
+                yield info, W0, W0 + D
+
+    return intruders.compare_matrices(pairs(), top_k, intruders.EPSILON, progress, total=total,
+                                      base_svd=lambda info, W0: cache(base_of[info.name], W0),
+                                      base_label=base_src.label, finetuned_label=side.label)
+
+
+def compare_side(side: Side, top_k: int, moe_mode: str, bar, index: int, count: int):
+    """The side's IntruderReport (memoised); the progress bar shows matrices done / total and an ETA."""
+    t0 = time.perf_counter()
+
+    def progress(done: int, total: int, name: str) -> None:
+        eta = (time.perf_counter() - t0) / max(done, 1) * (total - done)
+        bar.progress(min(done / max(total, 1), 1.0),
+                     text=f"Comparing {side.label} ({index}/{count}): {done}/{total} matrices · ETA {eta:,.0f} s "
+                          f"· {name}")
+
+    if side.moe:
+        from analysis.sources import open_source
+        key = json.dumps(["moe", open_source(side.base).identity(), str(side.run.artifact),
+                          _stamp(side.run.artifact), moe_mode, top_k], default=str)
+        report = _memo_get(key)
+        if report is None:
+            bar.progress(0.0, text=f"Loading MoE-LoRA run {side.label} …")
+            report = _moe_report(side, moe_mode, top_k, progress)
+            _memo_put(key, report)
+        return report
+    base_src, ft_src = _source_pair(side)
+    key = json.dumps(["pair", base_src.identity(), ft_src.identity(), top_k], default=str)
+    report = _memo_get(key)
+    if report is None:
+        report = intruders.compare(base_src, ft_src, top_k, intruders.EPSILON, progress)
+        _memo_put(key, report)
+    return report
+
+
+def compare_all(sides: list[Side], top_k: int, moe_mode: str) -> dict[str, intruders.IntruderReport]:
+    """Reports of all sides; a side that fails shows its error (no traceback) and is left out."""
+    box = st.empty()
+    bar = box.progress(0.0, text="Opening the models …")
+    reports = {}
+    for i, side in enumerate(sides, 1):
+        try:
+            reports[side.label] = compare_side(side, top_k, moe_mode, bar, i, len(sides))
+        except SpectrascopeError as err:
+            st.error(f"Could not compare **{side.label}** with its base **{short(side.base, 60)}**: {err}",
+                     icon=":material/error:")
+        except Exception as err:  # noqa: BLE001 - the UI's last line of defence: short message, details on demand
+            st.error(f"Something went wrong comparing **{side.label}**: {type(err).__name__}: {err}",
+                     icon=":material/error:")
+            with st.expander("Details (for a bug report)"):
+                import traceback
+                st.code("".join(traceback.format_exception(err)), language=None)
+    box.empty()
+    return reports
+
+
+def at_epsilon(report: intruders.IntruderReport, eps: float) -> intruders.IntruderReport:
+    """The same comparison read at another ε (no recomputation: similarities do not depend on ε)."""
+    return dataclasses.replace(report, epsilon=float(eps))
+
+
+def per_layer_table(report: intruders.IntruderReport) -> pd.DataFrame:
+    rows = report.rows[report.rows["layer"].notna()]
+    out = []
+    for layer, g in rows.groupby(rows["layer"].astype(int)):
+        hit = g[g["intruders"] > 0]
+        detail = "<br>".join(f"{r.module}: {r.intruders} ({r.name})" for r in hit.itertuples()) or "none"
+        out.append({"layer": layer, "intruders": int(g["intruders"].sum()), "detail": detail})
+    return pd.DataFrame(out, columns=["layer", "intruders", "detail"])
+
+
+# ---------------------------------------------------------------- page sections
+
+def pick_sides(runs: list[RunArtifact]) -> tuple[str, list[Side], str]:
+    """Base input, run picker, checkpoint adder; returns (base, sides, MoE mode)."""
+    base = common.bound_text("Base model (built-in name or folder)", "cs_base",
+                             placeholder=DEFAULT_MODEL, help="The pre-trained model the checkpoints below were "
+                             "fine-tuned from. Runs use the base recorded in their manifest.") or DEFAULT_MODEL
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Runs** (finished jobs in the data folder)")
+        keys = [r.key for r in runs]
+        chosen = [k for k in (common.view("cs_runs", "") or "").split(",") if k in keys]
+        st.session_state["w_cs_runs"] = chosen
+
+        def runs_changed() -> None:
+            common.set_view("cs_runs", ",".join(st.session_state["w_cs_runs"]) or None)
+
+        labels = {r.key: r.label for r in runs}
+        chosen = st.multiselect("Runs", keys, key="w_cs_runs", on_change=runs_changed, label_visibility="collapsed",
+                                format_func=lambda k: labels.get(k, k),
+                                placeholder="Pick runs…" if runs else "No finished runs yet",
+                                help=f"Run folders under {data_dir() / 'runs'}: LoRA = base + adapter, "
+                                     "full = the saved model, MoE-LoRA = merged per expert or routing-weighted.")
+    with right:
+        st.markdown("**Checkpoints on disk**")
+        c1, c2 = st.columns(2)
+        c1.text_input("Fine-tuned folder", key="cs_new_model", placeholder="empty: the base",
+                      help="A full fine-tune's folder, or empty when the adapter below is merged into the base")
+        c2.text_input("Adapter folder (optional)", key="cs_new_adapter", placeholder="/path/to/lora-adapter")
+        if st.button("Add checkpoint", key="cs_add", icon=":material/add:"):
+            model = (st.session_state.get("cs_new_model") or "").strip()
+            adapter = (st.session_state.get("cs_new_adapter") or "").strip()
+            if not model and not adapter:
+                st.warning("Enter a fine-tuned folder, an adapter folder, or both.")
+            else:
+                set_manual_sides(manual_sides() + [[model, adapter]])
+    manual = manual_sides()
+    for i, (model, adapter) in enumerate(manual):
+        c2, c1 = st.columns([1, 20], vertical_alignment="center")
+        c1.markdown(f"`{model or base}`" + (f" + adapter `{adapter}`" if adapter else "") + f" vs base `{base}`")
+        if c2.button("", key=f"cs_rm_{i}", icon=":material/close:", help="Remove this checkpoint"):
+            set_manual_sides(manual[:i] + manual[i + 1:])
+            st.rerun()
+    sides = build_sides(base, runs, chosen, manual)
+    mode = PER_EXPERT
+    if any(s.moe for s in sides):
+        mode = bound("radio", "MoE-LoRA runs are compared as", "cs_moe", PER_EXPERT,
+                     lambda v: v if v in MOE_MODES else PER_EXPERT, options=list(MOE_MODES), horizontal=True,
+                     captions=list(MOE_MODES.values()))
+    return base, sides, mode
+
+
+def summary(reports: dict, sides: list[Side]) -> None:
+    cols = st.columns(min(len(reports), 4) or 1)
+    base_of = {s.label: s.base for s in sides}
+    for i, (label, rep) in enumerate(reports.items()):
+        with cols[i % len(cols)]:
+            st.metric(f"Intruders · {label}", rep.total, help=f"Sum over {len(rep.comparisons)} matrices at "
+                      f"k = {rep.top_k}, ε = {rep.epsilon:g}, vs base {base_of.get(label)}; base SVDs from the "
+                      f"disk cache: {rep.cache_hits} of {rep.cache_hits + rep.cache_misses}", border=True)
+    table = pd.DataFrame([{
+        "fine-tuned": label, "base": short(str(base_of.get(label)), 40), "matrices": len(r.comparisons),
+        "intruders": r.total, "with intruders": int((r.rows["intruders"] > 0).sum()),
+        "ΔW eff. rank": changed_median(r.rows), "seconds": r.elapsed_s} for label, r in reports.items()])
+    st.dataframe(table, hide_index=True, width="stretch", column_config={
+        "with intruders": st.column_config.NumberColumn(help="Matrices with at least one intruder dimension"),
+        "ΔW eff. rank": st.column_config.NumberColumn(
+            format="%.1f", help="Entropy effective rank of ΔW = W − W0, median over the matrices fine-tuning changed"),
+        "seconds": st.column_config.NumberColumn(format="%.1f", help="Time of the comparison (base SVDs are "
+                                                 "cached on disk, so a second fine-tune of the same base is faster)")})
+    for label, r in reports.items():
+        for flag in r.flags:
+            st.warning(f"{label}: {flag}", icon=":material/warning:")
+        if r.skipped:
+            st.warning(f"{label}: {len(r.skipped)} matrices skipped — " + "; ".join(f"{n}: {why}" for n, why in
+                                                                               r.skipped[:3]))
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def changed_median(rows: pd.DataFrame) -> float:
+    changed = rows.loc[rows["delta_spectral_norm"] > 0, "delta_effective_rank"]
+    return float(changed.median()) if len(changed) else 0.0
+
+
+def matrix_section(reports: dict, eps: float) -> None:
+    """Similarity heatmap and spectrum of one matrix of one side."""
+    st.subheader("One matrix: where the intruders come from")
+    labels = list(reports)
+    c1, c2, c3 = st.columns([3, 5, 2])
+    label = bound("selectbox", "Fine-tuned side", "cs_side", labels[0],
+                  lambda v: v if v in labels else labels[0], where=c1, options=labels)
+    rep = reports[label]
+    rows = rep.rows
+    names = list(rows["name"])
+    if not names:
+        st.info("No matrices were compared.")
+        return
+    counts = dict(zip(rows["name"], rows["intruders"]))
+    default = str(rows.sort_values("intruders", ascending=False, kind="stable")["name"].iloc[0])
+    name = bound("selectbox", "Matrix", "cs_matrix", default, lambda v: v if v in names else default, where=c2,
+                 options=names, format_func=lambda n: f"{n} · {plural(counts.get(n, 0), 'intruder')}")
+    cmp = rep.comparison(name)
+    r0 = cmp.overlap.shape[1]
+    m = bound("number_input", "Base vectors shown (m)", "cs_m", min(r0, 40), lambda v: max(1, min(r0, int(v))),
+              where=c3, min_value=1, max_value=r0, step=5, help="Columns of the heatmap: the top-m base vectors")
+    idx = cmp.intruders(eps)
+    st.plotly_chart(cs.similarity_figure(cmp.overlap[:, :m], cmp.similarities, eps, name, r0), key="cs_similarity",
+                    width="stretch")
+    st.caption(f"Row j is the fine-tuned left singular vector u_j (rank j of the top k = {rep.top_k}); column i is "
+               f"the base vector u0_i. A cell is |u_jᵀu0_i| (1 = same direction, 0 = orthogonal). The bars at the "
+               f"right are s_j = max_i |u_jᵀu0_i| over all {r0} base vectors (also those beyond the {m} shown): "
+               f"u_j is an **intruder dimension** when s_j < ε = {eps:g} (red) — a new high-ranking direction "
+               f"that no pre-trained direction explains. Here: {len(idx)} of {len(cmp.similarities)}.")
+    st.plotly_chart(cs.spectrum_figure(name, cmp.sigmas, cmp.base_sigmas, idx, label, cmp.similarities),
+                    key="cs_spectrum", width="stretch")
+    st.caption("Singular values of the fine-tuned matrix by rank (blue) over the base's (grey, dashed); red diamonds "
+               "mark the intruder dimensions among the top k. Intruders from low-rank LoRA usually sit at the very "
+               "top of the spectrum.")
+
+
+def alpha_section(sides: list[Side], reports: dict) -> None:
+    """α shift per layer: AlphaLoRA layer score of the fine-tuned side minus the base's."""
+    st.subheader("α shift per layer")
+    device = common.view("device", "auto")
+    shifts, missing = {}, []
+    for side in sides:
+        if side.label not in reports:
+            continue
+        if side.moe:
+            missing.append(side.label)
+            continue
+        base = common.analysis_for(common.ModelChoice(side.base, None, device))
+        fine = common.analysis_for(common.ModelChoice(side.model, side.adapter, device))
+        if base is None or fine is None or base.layers.empty or fine.layers.empty:
+            continue
+        col = ALPHA_SCORE[0]
+        df = base.layers[["layer", col]].merge(fine.layers[["layer", col]], on="layer", suffixes=("_b", "_f"))
+        df = df.rename(columns={f"{col}_b": "base", f"{col}_f": "finetuned"}).sort_values("layer")
+        df["shift"] = df["finetuned"] - df["base"]
+        shifts[side.label] = df
+    if shifts:
+        st.plotly_chart(cs.alpha_shift_figure(shifts, ALPHA_SCORE[1]), key="cs_alpha", width="stretch")
+        st.caption("Negative Δα: the layer's spectrum became more heavy-tailed (more strongly trained); positive: "
+                   "less. α is the mean PL_Alpha_Hill of the block's matrices (AlphaLoRA).")
+    if missing:
+        st.info("No α shift for MoE-LoRA runs (" + ", ".join(missing) + "): their experts are not one model "
+                "checkpoint. Their intruder counts are above.", icon=":material/info:")
+
+
+def mitigation_section(sides: list[Side], reports: dict, eps: float, top_k: int) -> None:
+    """λ slider + button: write a checkpoint with the intruders' σ scaled by λ, then show before / after."""
+    st.subheader("Mitigation: scale the intruders down")
+    st.caption("W' = W + Σ_{intruders j} (λ − 1) σ_j u_j v_jᵀ (Shuttleworth et al.; peft's "
+               "`reduce_intruder_dimension`): the intruders' singular values are multiplied by λ, the rest of the "
+               "weights stay. The paper reports less forgetting at about the same target accuracy for λ ≈ 0.7.")
+    usable = [s for s in sides if s.label in reports and not s.moe]
+    if not usable:
+        st.info("Mitigation writes a model checkpoint, so it needs a LoRA or full fine-tune (MoE-LoRA experts are "
+                "mitigated per expert from the CLI later).", icon=":material/info:")
+        return
+    labels = [s.label for s in usable]
+    c1, c2, c3 = st.columns([3, 2, 3])
+    if st.session_state.get("cs_mit_side") not in labels:
+        st.session_state["cs_mit_side"] = common.view("cs_side") if common.view("cs_side") in labels else labels[0]
+    label = c1.selectbox("Fine-tuned side to mitigate", labels, key="cs_mit_side")
+    lam = c2.slider("λ (scale of the intruders' σ)", 0.0, 1.0, 0.7, 0.05, key="cs_lam",
+                    help="1 = unchanged, 0 = intruder directions removed; the paper uses 0.7")
+    side = usable[labels.index(label)]
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(side.adapter or side.model or "model").name).strip("-._") or "model"
+    name = c3.text_input("Name of the new checkpoint", value=f"{slug}-lam{lam:g}", key=f"cs_mit_name_{slug}_{lam:g}",
+                         help=f"Written to {data_dir() / 'mitigated'}/<name>/ (a new folder)")
+    rep = at_epsilon(reports[label], eps)
+    if st.button(f"Write mitigated checkpoint ({rep.total} intruders at ε = {eps:g})", key="cs_mitigate",
+                 icon=":material/healing:", type="primary", disabled=rep.total == 0):
+        st.session_state[MITIGATION_STATE] = run_mitigation(side, name.strip(), lam, top_k, eps)
+    if rep.total == 0:
+        st.caption("No intruders at this ε: nothing to mitigate.")
+    done = st.session_state.get(MITIGATION_STATE)
+    if done and done["side"] == label:
+        show_mitigation(done, reports[label], eps)
+
+
+def run_mitigation(side: Side, name: str, lam: float, top_k: int, eps: float) -> dict | None:
+    if not NAME_RE.fullmatch(name):
+        st.error(f"Bad checkpoint name {name!r}: use 1-64 letters, digits, '_', '.' or '-', starting with a letter "
+                 "or digit.", icon=":material/error:")
+        return None
+    out = data_dir() / "mitigated" / name
+    box = st.empty()
+    bar = box.progress(0.0, text="Writing the mitigated checkpoint …")
+
+    def progress(done: int, total: int, matrix: str) -> None:
+        bar.progress(min(done / max(total, 1), 1.0), text=f"Mitigating: {done}/{total} matrices · {matrix}")
+
+    try:
+        from analysis.sources import open_source
+        base_src, ft_src = _source_pair(side)
+        result = intruders.mitigate(base_src, ft_src, out, lam=lam, top_k=top_k, epsilon=eps, progress=progress)
+        bar.progress(0.0, text="Comparing the mitigated checkpoint with the base …")
+        after = intruders.compare(base_src, open_source(out), top_k, eps, progress)
+    except SpectrascopeError as err:
+        box.empty()
+        st.error(f"Could not mitigate **{side.label}**: {err}", icon=":material/error:")
+        return None
+    box.empty()
+    return {"side": side.label, "out": str(out), "lam": lam, "eps": eps, "scaled": result.scaled,
+            "total_scaled": result.total_scaled, "after": after}
+
+
+def show_mitigation(done: dict, before: intruders.IntruderReport, eps: float) -> None:
+    after = at_epsilon(done["after"], eps)
+    before = at_epsilon(before, eps)
+    st.success(f"Wrote `{done['out']}` (λ = {done['lam']:g}: {done['total_scaled']} directions in "
+               f"{len(done['scaled'])} matrices scaled at ε = {done['eps']:g}).", icon=":material/check:")
+    c = st.columns(3)
+    c[0].metric("Intruders before", before.total, border=True)
+    c[1].metric("Intruders after", after.total, after.total - before.total, delta_color="inverse", border=True)
+    c[2].metric("Directions scaled", done["total_scaled"], border=True)
+    st.caption("Mitigation keeps the intruders' directions and shrinks their σ, so a direction that stays among "
+               "the top k still counts as an intruder: compare the spectra below. Before / after accuracy and "
+               "forgetting will come from the evaluation of a later issue — evaluate this folder there.")
+    scaled = list(done["scaled"])
+    name = common.view("cs_matrix")
+    name = name if name in done["scaled"] else (scaled[0] if scaled else None)
+    if name is None:
+        return
+    b, a = before.comparison(name), after.comparison(name)
+    k = max(before.top_k, 10)
+    fig = cs.spectrum_figure(name, b.sigmas, b.base_sigmas, b.intruders(eps), "before mitigation", b.similarities,
+                             extra={f"after (λ = {done['lam']:g})": a.sigmas}, max_rank=max(3 * k, 40),
+                             title=f"Before / after mitigation — {name}")
+    st.plotly_chart(fig, key="cs_mitigated_spectrum", width="stretch")
+
+
+# ---------------------------------------------------------------- page
+
+def main() -> None:
+    seed_from_url()
+    st.title("Compare spectra")
+    st.caption("What did fine-tuning do to the weights? For each matrix, the top-k singular vectors of the "
+               "fine-tuned W are matched against all singular vectors of the base W0; a fine-tuned direction "
+               "whose best match |u_jᵀu0_i| is below ε is an **intruder dimension** (Shuttleworth et al., "
+               "*LoRA vs Full Fine-tuning: An Illusion of Equivalence*). Low-rank LoRA tends to create them; "
+               "full fine-tuning barely does.")
+    try:
+        runs = list_runs()
+    except OSError as err:
+        st.warning(f"Could not read the run folders: {err}")
+        runs = []
+    base, sides, moe_mode = pick_sides(runs)
+    c1, c2 = st.columns(2)
+    top_k = bound("number_input", "Top-k fine-tuned singular vectors per matrix", "cs_k", intruders.TOP_K,
+                  lambda v: max(1, min(100, int(float(v)))), where=c1, min_value=1, max_value=100, step=1,
+                  help="The paper uses k = 10")
+    eps = bound("slider", "ε (a direction intrudes when its best match with the base is below ε)", "cs_eps",
+                intruders.EPSILON, lambda v: round(min(0.95, max(0.05, round(float(v) / 0.05) * 0.05)), 2), where=c2,
+                min_value=0.05, max_value=0.95, step=0.05, help="The paper uses ε = 0.5")
+    if not sides:
+        st.info("Pick one or more runs, or add a checkpoint (a fine-tuned folder and/or a LoRA adapter folder), to "
+                "compare with the base.", icon=":material/info:")
+        return
+    reports = {k: at_epsilon(r, eps) for k, r in compare_all(sides, int(top_k), moe_mode).items()}
+    if not reports:
+        return
+    if any(s.moe for s in sides if s.label in reports):
+        st.caption(f"MoE-LoRA runs: **{moe_mode}** — {MOE_MODES[moe_mode]}.")
+    summary(reports, sides)
+    c1, c2 = st.columns(2)
+    with c1:
+        st.plotly_chart(cs.sweep_figure({k: r.sweep() for k, r in reports.items()}, eps), key="cs_sweep",
+                        width="stretch")
+    with c2:
+        st.plotly_chart(cs.per_layer_figure({k: per_layer_table(r) for k, r in reports.items()}, eps),
+                        key="cs_per_layer", width="stretch")
+    with st.expander("Per-matrix table"):
+        label = st.selectbox("Fine-tuned side", list(reports), key="cs_table_side")
+        st.dataframe(reports[label].rows[intruders.ROW_COLUMNS[:12]], hide_index=True, width="stretch")
+    matrix_section(reports, eps)
+    alpha_section(sides, reports)
+    mitigation_section(sides, reports, eps, int(top_k))
+
+
+if __name__ == "__main__":       # Streamlit runs a page file as __main__; importing it (tests, benchmarks) does not
+    main()
