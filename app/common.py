@@ -28,10 +28,13 @@ _INIT_FLAG = "_view_initialised"
 # ---------------------------------------------------------------- view state <-> URL
 
 def register_view_keys(*names: str) -> None:
-    """Let a page keep more of its view in the URL (call before init_view, i.e. at import of the page module)."""
+    """Let a page keep more of its view in the URL; values already in the URL are restored on first use."""
     for n in names:
         if n not in VIEW_KEYS:
             VIEW_KEYS.append(n)
+        # pages register after init_view ran: seed their keys from the URL the same way
+        if n in st.query_params and f"view_{n}" not in st.session_state:
+            st.session_state[f"view_{n}"] = st.query_params[n]
 
 
 def init_view() -> None:
