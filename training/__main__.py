@@ -58,8 +58,15 @@ def add_job_parsers(sub) -> None:
     p.set_defaults(run=run_logs)
 
 
+def _add_evaluation_parsers(sub) -> None:
+    from training import evaluation, study
+
+    evaluation.add_parser(sub)
+    study.add_parser(sub)
+
+
 # Each entry adds sub-commands that set `run(args) -> int`; a new command module adds its add_parser here.
-SUBCOMMANDS = [add_job_parsers]
+SUBCOMMANDS = [add_job_parsers, _add_evaluation_parsers]
 
 
 def _parse_set(items: list[str]) -> dict:

@@ -1,0 +1,314 @@
+"""Compare runs page: a study's (or all) runs with seeds aggregated, CI bars, accuracy vs parameters, loss curves."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from analysis.config import DEFAULT_MODEL
+from analysis.types import SpectrascopeError
+from app import common
+from training import study as studies
+
+ALL_RUNS = "all"
+SPECTRA_PAGE = "page_compare_spectra.py"
+COLOURS = {"LoRA": "#1f77b4", "MoE-LoRA uniform": "#ff7f0e", "MoE-LoRA MoLA": "#2ca02c",
+           "MoE-LoRA AlphaLoRA": "#d62728", "Full fine-tune": "#9467bd", "MoE-LoRA": "#8c564b",
+           "Base: linear probe": "#7f7f7f", "Base: untrained head": "#bcbd22", "Base: zero-shot": "#7f7f7f"}
+HAS_KALEIDO = importlib.util.find_spec("kaleido") is not None
+VIEW = ("study", "split", "cmp_metric")
+common.register_view_keys(*VIEW)
+
+
+# ---------------------------------------------------------------- data
+
+def load_runs(choice: str) -> tuple[pd.DataFrame, list, dict | None]:
+    """(runs frame incl. base rows, the jobs, the study record or None) for a study id or all runs."""
+    from training.jobs import JobStore
+
+    store = JobStore()
+    if choice != ALL_RUNS:
+        runs, record = studies.study_runs(choice, store)
+        return runs, studies.study_jobs(record, store), record
+    jobs = store.list()
+    runs = studies.runs_frame(jobs)
+    bases = [studies.base_frame(m, t) for m, t in runs[["model", "task"]].drop_duplicates().itertuples(index=False)] \
+        if len(runs) else []
+    return pd.concat([runs, *bases], ignore_index=True), jobs, None
+
+
+def metric_options(table: pd.DataFrame, split: str) -> list[str]:
+    """The metrics a table has for one split (accuracy first)."""
+    return [c.split(" ", 1)[1] for c in studies.metric_columns(table) if c.startswith(split + " ")]
+
+
+# ---------------------------------------------------------------- figures
+
+def _colour(method: str) -> str:
+    return COLOURS.get(method, "#17becf")
+
+
+def bars_figure(table: pd.DataFrame, split: str, metric: str) -> go.Figure:
+    """Mean per method with 95 % CI error bars, one group of bars per task."""
+    col = f"{split} {metric}"
+    fig = go.Figure()
+    data = table.dropna(subset=[col])
+    for task, part in data.groupby("task", sort=False):
+        fig.add_bar(x=part["method"], y=part[col], name=task, text=[f"{v:.3f}" for v in part[col]],
+                    textposition="inside", insidetextanchor="start",
+                    marker_color=[_colour(m) for m in part["method"]] if data["task"].nunique() == 1 else None,
+                    error_y=dict(type="data", array=part[f"{col} ci"].fillna(0).tolist(), visible=True, thickness=1.5),
+                    customdata=part[["allocation", "runs"]].to_numpy(),
+                    hovertemplate="%{x}<br>%{customdata[0]}<br>" + col + " %{y:.4f}<br>runs %{customdata[1]}"
+                                  "<extra>%{fullData.name}</extra>")
+    fig.update_layout(title=f"{col} by method (mean ± 95 % CI over seeds)", barmode="group", height=420,
+                      yaxis_title=metric, xaxis_title=None, showlegend=data["task"].nunique() > 1,
+                      margin=dict(l=60, r=20, t=50, b=90))
+    return fig
+
+
+def pareto_figure(table: pd.DataFrame, split: str, metric: str) -> go.Figure:
+    """Metric vs trainable parameters (log axis), one marker per method, the Pareto front, base rows as lines."""
+    col = f"{split} {metric}"
+    higher = metric not in ("loss", "perplexity")
+    trained = table[(table["trainable_params"] > 0)].dropna(subset=[col, "trainable_params"])
+    trained = trained.assign(x=studies.dodge(trained["trainable_params"]))       # equal budgets side by side
+    fig = go.Figure()
+    for _, row in trained.iterrows():
+        fig.add_scatter(x=[row["x"]], y=[row[col]], mode="markers", name=row["method"],
+                        marker=dict(size=13, color=_colour(row["method"]), line=dict(width=1, color="white")),
+                        error_y=dict(type="data", array=[0 if pd.isna(row[f"{col} ci"]) else row[f"{col} ci"]]),
+                        hovertemplate=f"{row['method']} ({row['task']})<br>{row['allocation']}<br>"
+                                      f"{row['trainable_params']:,.0f} trainable parameters<br>" + col +
+                                      " %{y:.4f}<extra></extra>")
+    front = studies.pareto_front(trained, "trainable_params", col, higher)
+    if len(front) > 1:
+        fig.add_scatter(x=front["trainable_params"], y=front[col], mode="lines", name="Pareto front",
+                        line=dict(color="black", dash="dash", width=1.5, shape="hv" if higher else "linear"),
+                        hoverinfo="skip")
+    for _, row in table[table["trainable_params"].fillna(0) == 0].dropna(subset=[col]).iterrows():
+        fig.add_hline(y=row[col], line=dict(color=_colour(row["method"]), dash="dot", width=1.5),
+                      annotation_text=f"{row['method']} {row[col]:.3f}", annotation_position="top left",
+                      annotation_font_size=11)
+    fig.update_layout(title=f"{col} vs trainable parameters (Pareto front dashed)", height=420,
+                      xaxis=dict(type="log", title="trainable parameters (log scale)"), yaxis_title=metric,
+                      legend=dict(orientation="h", y=-0.22), margin=dict(l=60, r=20, t=50, b=90))
+    return fig
+
+
+def loss_figure(curves: pd.DataFrame) -> go.Figure:
+    """Training loss per step of every run, one colour per method (seeds share it)."""
+    fig = go.Figure()
+    shown = set()
+    for (run_id, method), part in curves.groupby(["run_id", "method"], sort=False):
+        fig.add_scatter(x=part["step"], y=part["loss"], mode="lines+markers" if len(part) < 3 else "lines",
+                        name=method, legendgroup=method, showlegend=method not in shown,
+                        line=dict(color=_colour(method), width=1.5),
+                        hovertemplate=f"{part['name'].iloc[0]} (seed {part['seed'].iloc[0]})<br>step %{{x}}"
+                                      "<br>loss %{y:.4f}<extra></extra>")
+        shown.add(method)
+    fig.update_layout(title="Training loss per step (one line per run, seeds overlaid)", height=380,
+                      xaxis_title="optimizer step", yaxis_title="training loss (cross-entropy, nats)",
+                      margin=dict(l=60, r=20, t=50, b=50))
+    return fig
+
+
+def chart(fig: go.Figure, key: str, stem: str) -> None:
+    """A Plotly chart whose modebar camera saves a PNG named after the study (plus a button with kaleido)."""
+    st.plotly_chart(fig, key=key, width="stretch", config={
+        "displaylogo": False,
+        "toImageButtonOptions": {"format": "png", "filename": f"{stem}-{key}", "scale": 2}})
+    if HAS_KALEIDO:
+        st.download_button("PNG", fig.to_image(format="png", scale=2), f"{stem}-{key}.png", "image/png",
+                           key=f"png_{key}", icon=":material/image:")
+
+
+# ---------------------------------------------------------------- sections
+
+def study_form() -> None:
+    """Model, task, budget, seeds, steps → start_study (jobs queued in the background)."""
+    from training.tasks import list_tasks
+
+    with st.form("study_form"):
+        c = st.columns([3, 2, 1, 1, 1])
+        model = c[0].text_input("Model", value=common.current_choice().model, key="study_model",
+                                help="A built-in name or a checkpoint folder (the sidebar's model by default)")
+        tasks = list_tasks()
+        task = c[1].selectbox("Task", tasks, index=tasks.index("rotten_tomatoes") if "rotten_tomatoes" in tasks
+                              else 0)
+        budget = c[2].number_input("Expert budget", 0, 10_000, 0, help="MoE-LoRA experts over all layers; "
+                                                                     "0 = 5 × layers")
+        seeds = c[3].number_input("Seeds", 1, 20, 3)
+        steps = c[4].number_input("Max steps", 0, 100_000, 30, help="optimizer steps per run; 0 = one epoch")
+        d = st.columns(4)
+        train_rows = d[0].number_input("Train rows", 1, 1_000_000, 1000)
+        eval_rows = d[1].number_input("Validation rows", 1, 1_000_000, 300)
+        test_rows = d[2].number_input("Test rows", 1, 1_000_000, 1000)
+        submitted = d[3].form_submit_button("Queue the study", type="primary", icon=":material/play_arrow:")
+    if not submitted:
+        return
+    spec = studies.StudySpec(model=(model or "").strip() or None, task=task, budget=int(budget) or None,
+                             seeds=int(seeds), max_steps=int(steps) or None,
+                             options={"max_train_rows": int(train_rows), "max_eval_rows": int(eval_rows),
+                                      "max_test_rows": int(test_rows)})
+    try:
+        with st.spinner("Analysing the model for AlphaLoRA and queueing the jobs…"):
+            record = studies.start_study(spec)
+    except SpectrascopeError as err:
+        st.error(f"Could not start the study: {err}", icon=":material/error:")
+        return
+    common.set_view("study", record["id"])
+    st.rerun()
+
+
+def status_line(jobs: list, record: dict | None, slot) -> bool:
+    """Progress of the selection; True while something runs."""
+    ended = sum(j.final for j in jobs)
+    running = [j for j in jobs if j.status == "running"]
+    base = bool(record) and studies.base_eval_running(record)
+    active = ended < len(jobs) or base
+    if not active:
+        failed = [j for j in jobs if j.status != "done"]
+        if failed:
+            slot.warning(f"{len(failed)} of {len(jobs)} runs did not finish: "
+                         + ", ".join(f"{j.name} ({j.status})" for j in failed[:6]), icon=":material/warning:")
+        else:
+            slot.caption(f":material/check_circle: {len(jobs)}/{len(jobs)} runs finished")
+        return False
+    text = f"{ended}/{len(jobs)} runs ended"
+    if running:
+        lines = running[0].progress()
+        step = f" · step {lines[-1]['step']}/{lines[-1]['total_steps']}" if lines else " · loading"
+        text += f" · running {running[0].name}{step}"
+    if base:
+        text += " · base-model baselines being evaluated"
+    slot.progress(ended / max(len(jobs), 1), text=text + " · partial results refresh every 2 s")
+    return True
+
+
+def spectra_links(runs: pd.DataFrame, stem: str) -> None:
+    """Pick runs and open them in the spectral comparison page (its view keys cs_runs / cs_base, in the URL and
+    in session state so that a page visited before still switches to these runs)."""
+    done = runs[(runs["status"] == "done") & runs["seed"].notna()]
+    if done.empty:
+        return
+    folders = {r.run_id: Path(str(r.run_dir)).name for r in done.itertuples()}
+    labels = {r.run_id: f"{r.name} ({r.method})" for r in done.itertuples()}
+    default = done.drop_duplicates("method")["run_id"].tolist()
+    c1, c2 = st.columns([4, 1])
+    chosen = c1.multiselect("Runs to compare spectrally (intruder dimensions, α shift)", list(labels),
+                            default=default[:4], format_func=labels.get, key=f"spectra_pick_{stem}_{len(done)}")
+    params = {"cs_runs": ",".join(folders[r] for r in chosen), "cs_base": str(done["model"].iloc[0])}
+    if not (Path(__file__).parent / SPECTRA_PAGE).is_file():
+        c2.caption("The spectra page is not installed.")
+        return
+    if chosen:
+        for name, value in params.items():
+            st.session_state[f"view_{name}"] = value
+    with c2:
+        st.page_link(SPECTRA_PAGE, label="Compare spectra", icon=":material/difference:", query_params=params,
+                     disabled=not chosen)
+
+
+def results(choice: str) -> bool:
+    """Everything that changes while jobs run: progress, table, charts, downloads."""
+    try:
+        runs, jobs, record = load_runs(choice)
+    except SpectrascopeError as err:
+        st.error(str(err), icon=":material/error:")
+        return False
+    if runs.empty:
+        st.info("No runs yet: queue a study above, or submit runs with `python -m training submit`.",
+                icon=":material/info:")
+        return False
+    active = status_line(jobs, record, st.empty())     # one slot whether or not it shows: a stable layout
+    table = studies.summarise_runs(runs)
+    stem = f"study{choice}" if choice != ALL_RUNS else "all-runs"
+
+    st.subheader("Runs, seeds aggregated")
+    c1, c2, _ = st.columns([1, 2, 3])
+    split = common.bound_selectbox("Split", ["test", "validation"], "split", where=c1,
+                                   help="Select settings on validation; report test once.")
+    options = metric_options(table, split)
+    if not options:
+        st.dataframe(studies.format_table(table), hide_index=True, width="stretch")
+        st.info("No metrics yet: the first run is still training.", icon=":material/hourglass_top:")
+        return active
+    metric = common.bound_selectbox("Metric", options, "cmp_metric", where=c2)
+    shown = studies.format_table(table, (split,))
+    constant = [c for c in ("model", "task") if shown[c].nunique() == 1]
+    if constant:
+        st.caption(" · ".join(f"{c}: **{shown[c].iloc[0]}**" for c in constant))
+    st.dataframe(shown.drop(columns=constant), hide_index=True, width="stretch")
+    d1, d2, _ = st.columns([1, 1, 4])
+    d1.download_button("Download CSV", table.to_csv(index=False).encode(), f"{stem}-table.csv", "text/csv",
+                       icon=":material/download:", help="numeric table: mean, CI half-width and n per metric")
+    d2.download_button("Runs CSV", runs.to_csv(index=False).encode(), f"{stem}-runs.csv", "text/csv",
+                       icon=":material/download:", help="one row per run (every seed)")
+
+    left, right = st.columns(2)
+    with left:
+        chart(bars_figure(table, split, metric), "bars", stem)
+    with right:
+        chart(pareto_figure(table, split, metric), "pareto", stem)
+    curves = studies.loss_curves(jobs)
+    if not curves.empty:
+        chart(loss_figure(curves), "loss", stem)
+    st.caption("MoE-LoRA training losses include the load-balancing term (0.001 · Σ per-matrix balance loss). "
+               "PNG: the camera icon at the top right of each chart saves it" +
+               ("." if HAS_KALEIDO else " (kaleido is not installed, so the browser draws the PNG)."))
+    spectra_links(runs, stem)
+    return active
+
+
+def main() -> None:
+    for name in VIEW:                # the URL seeds this page's view on its first visit (init_view ran before import)
+        if f"view_{name}" not in st.session_state and name in st.query_params:
+            st.session_state[f"view_{name}"] = st.query_params[name]
+    st.title("Compare runs")
+    st.caption("Fine-tunes side by side: LoRA, MoE-LoRA (uniform, MoLA, AlphaLoRA) and full fine-tunes, seeds "
+               "aggregated to mean ± 95 % CI (Student t), with the base model's baselines (a linear probe and the "
+               "untrained head for encoders, zero-shot for decoders).")
+    try:
+        records = studies.list_studies()
+    except SpectrascopeError as err:
+        st.error(str(err), icon=":material/error:")
+        records = []
+    with st.expander("Run a study", expanded=not records, icon=":material/science:"):
+        study_form()
+    options = [str(r["id"]) for r in reversed(records)] + [ALL_RUNS]
+    names = {str(r["id"]): f"Study {r['id']}: {r['spec']['model'] or DEFAULT_MODEL} · {r['spec']['task']} · "
+                           f"{len(r['jobs'])} runs" for r in records}
+    names[ALL_RUNS] = "All runs"
+    wanted = common.view("study")
+    if wanted and wanted not in options:
+        st.error(f"No study with id {wanted}: pick one below.", icon=":material/error:")
+        common.set_view("study", None)
+    choice = common.bound_selectbox("Runs", options, "study", default=options[0], format_func=names.get)
+    running = _running(choice)
+
+    @st.fragment(run_every="2s" if running else None)
+    def live() -> None:
+        still = results(choice)
+        if running and not still:
+            st.rerun()                      # the last job ended: one full rerun stops the polling
+
+    live()
+
+
+def _running(choice: str) -> bool:
+    from training.jobs import JobStore
+
+    try:
+        if choice == ALL_RUNS:
+            return any(not j.final for j in JobStore().list())
+        return studies.study_running(studies.load_study(choice))
+    except SpectrascopeError:
+        return False
+
+
+if __name__ == "__main__":       # Streamlit runs a page file as __main__; importing it (benchmarks) does not
+    main()

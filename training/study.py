@@ -1,0 +1,546 @@
+"""Studies: queue LoRA / MoE-LoRA (uniform, MoLA, AlphaLoRA) / full fine-tunes × seeds and compare their results."""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.config import DEFAULT_MODEL, data_dir
+from analysis.types import SpectrascopeError
+
+# key -> (label, trainer method, allocation strategy); the order of the comparison table
+METHODS = {
+    "lora": ("LoRA", "lora", None),
+    "moe_uniform": ("MoE-LoRA uniform", "moe_lora", "uniform"),
+    "moe_mola": ("MoE-LoRA MoLA", "moe_lora", "mola"),
+    "moe_alphalora": ("MoE-LoRA AlphaLoRA", "moe_lora", "alphalora"),
+    "full": ("Full fine-tune", "full", None),
+}
+BASE_LABELS = {"probe": "Base: linear probe", "untrained-head": "Base: untrained head", "zero-shot": "Base: zero-shot"}
+MOLA_RAMP = (1, 2, 3, 4)                 # the shape of MoLA's "2468": experts grow linearly with depth
+GROUP = ["model", "task", "method", "allocation"]
+_CHILDREN: list[subprocess.Popen] = []    # base evaluations this process started; reaped by base_eval_running
+
+
+@dataclass
+class StudySpec:
+    """What a study compares: one model and task, an expert budget, seeds, and shared training options."""
+
+    model: str | None = None
+    task: str = "rotten_tomatoes"
+    budget: int | None = None            # MoE-LoRA experts over all layers; None: 5 × layers
+    seeds: int = 3
+    max_steps: int | None = None
+    beta: float = 2.5
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    options: dict = field(default_factory=dict)   # other TrainConfig fields for every job (row limits, lr…)
+
+    def check(self) -> None:
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise SpectrascopeError(f"unknown study method(s) {bad or '(none)'}: use {', '.join(METHODS)}")
+        if not isinstance(self.seeds, int) or not 1 <= self.seeds <= 20:
+            raise SpectrascopeError(f"seeds must be a whole number from 1 to 20, got {self.seeds!r}")
+        if self.budget is not None and (not isinstance(self.budget, int) or self.budget < 1):
+            raise SpectrascopeError(f"the expert budget must be a positive whole number, got {self.budget!r}")
+        taken = {"model", "task", "seed", "method", "max_steps", "allocation", "allocation_file", "name"}
+        clash = sorted(taken & set(self.options))
+        if clash:
+            raise SpectrascopeError(f"option(s) {clash} are set by the study itself; use the study's own fields")
+
+
+# ----------------------------------------------------------------------------------------------- allocations
+
+def mola_preset(n_layers: int, budget: int) -> str:
+    """A MoLA preset in the "2468" style for this depth: 4 contiguous blocks (fewer for shallow models) whose
+    expert counts grow like 1:2:3:4, scaled to the budget (exactly when some digits 1–9 can reach it).
+
+    32 layers with budget 160 gives "mola:2468", the published configuration.
+    """
+    from analysis.allocation import mola_blocks
+
+    blocks = min(len(MOLA_RAMP), n_layers)
+    sizes = mola_blocks(n_layers, blocks)
+    ramp = MOLA_RAMP[:blocks]
+    scale = budget / sum(s * r for s, r in zip(sizes, ramp))
+    ideal = [scale * r for r in ramp]
+    best = None
+    for digits in itertools.combinations_with_replacement(range(1, 10), blocks):   # non-decreasing
+        total = sum(s * d for s, d in zip(sizes, digits))
+        key = (abs(total - budget), sum((d - x) ** 2 for d, x in zip(digits, ideal)))
+        if best is None or key < best[0]:
+            best = (key, digits)
+    return "mola:" + "".join(str(d) for d in best[1])
+
+
+def study_allocations(spec: StudySpec, scores: list[float]) -> dict[str, dict]:
+    """The allocation JSON of each MoE-LoRA method of the study (uniform, MoLA, AlphaLoRA)."""
+    from analysis.allocation import allocate
+
+    n_layers = len(scores)
+    budget = spec.budget or 5 * n_layers
+    model = spec.model or DEFAULT_MODEL
+    out = {}
+    for key in spec.methods:
+        strategy = METHODS[key][2]
+        if strategy == "uniform":
+            out[key] = allocate("uniform", n_layers=n_layers, budget=budget, model=model).to_dict()
+        elif strategy == "mola":
+            out[key] = allocate(mola_preset(n_layers, budget), n_layers=n_layers, model=model).to_dict()
+        elif strategy == "alphalora":
+            out[key] = allocate("alphalora", scores=scores, budget=budget, beta=spec.beta, model=model).to_dict()
+    return out
+
+
+def describe_allocation(config: dict) -> str:
+    """Short text for a run's allocation: 'rank 8', '6×5 = 30 experts', 'mola:3479 → 2-2-4-4-6-8 (26)'…"""
+    alloc = config.get("allocation") or {}
+    if config.get("method") == "full":
+        return "all weights"
+    if config.get("method") == "lora" and not alloc:
+        return f"rank {config.get('rank', 8)}"
+    experts = alloc.get("experts")
+    if not experts:
+        n = config.get("experts", 4)
+        return f"{n} experts per layer, top-{config.get('top_k', 2)}"
+    counts = "-".join(str(n) for n in experts)
+    strategy = str(alloc.get("strategy", "manual"))
+    if strategy == "alphalora":
+        strategy = f"alphalora β={alloc.get('params', {}).get('beta', 2.5):g}"
+    return f"{strategy}: {counts} ({sum(experts)})"
+
+
+# ----------------------------------------------------------------------------------------------- records
+
+def studies_dir() -> Path:
+    return data_dir() / "studies"
+
+
+def _new_folder() -> tuple[int, Path]:
+    root = studies_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name) for p in root.iterdir() if p.name.isdigit()]
+    sid = max(taken, default=0) + 1
+    while True:
+        try:
+            (root / str(sid)).mkdir()                  # atomic: two studies never share an id
+            return sid, root / str(sid)
+        except FileExistsError:
+            sid += 1
+
+
+def load_study(study_id: int | str) -> dict:
+    """The study record (study.json) with its id and folder."""
+    folder = studies_dir() / str(study_id)
+    try:
+        record = json.loads((folder / "study.json").read_text())
+    except (OSError, ValueError):
+        raise SpectrascopeError(f"no study with id {study_id}: see `python -m training study-list`") from None
+    return record
+
+
+def list_studies() -> list[dict]:
+    """All study records, oldest first."""
+    root = studies_dir()
+    if not root.is_dir():
+        return []
+    ids = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / "study.json").is_file())
+    return [load_study(i) for i in ids]
+
+
+def _save(record: dict) -> None:
+    folder = Path(record["folder"])
+    tmp = folder / "study.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    tmp.replace(folder / "study.json")
+
+
+def start_study(spec: StudySpec, store=None, base_eval: bool = True) -> dict:
+    """Write the allocations, queue every (method, seed) job and start the base evaluation; return the record.
+
+    Everything is checked before the first job is queued (model, task data, budget): a SpectrascopeError says
+    what was wrong. Jobs run one after another (or one per GPU) through the job store.
+    """
+    from analysis.engine import analyze
+    from training.evaluation import EvalStore, base_rows_hashes
+    from training.jobs import JobStore
+    from training.trainer import prepare_config
+
+    spec.check()
+    store = store or JobStore()
+    common = {**spec.options, "model": spec.model, "task": spec.task}
+    if spec.max_steps is not None:
+        common["max_steps"] = spec.max_steps
+    prepare_config({**common, "method": "lora"})            # model, task and options are good, data readable
+    scores = analyze(spec.model).layer_scores()
+    allocations = study_allocations(spec, scores)
+    sid, folder = _new_folder()
+    files = {}
+    for key, alloc in allocations.items():
+        files[key] = str(folder / f"allocation-{key}.json")
+        Path(files[key]).write_text(json.dumps(alloc, indent=2))
+    record = {"id": sid, "folder": str(folder), "created": time.time(), "spec": asdict(spec),
+              "n_layers": len(scores), "scores": scores, "allocations": files, "jobs": [], "base_eval": None}
+    _save(record)
+    configs = []
+    for seed in range(spec.seeds):                     # seed-major: every method has a result early
+        for key in spec.methods:
+            config = {**common, "method": METHODS[key][1], "seed": seed}
+            if key in files:
+                config["allocation_file"] = files[key]
+            configs.append((key, seed, config))
+    for key, seed, config in configs:
+        job = store.submit(config, name=f"study{sid}-{key.replace('_', '-')}-s{seed}")
+        record["jobs"].append({"job": job.id, "key": key, "seed": seed})
+        _save(record)
+    if base_eval:
+        EvalStore(store.data)
+        record["base_rows_hash"] = base_rows_hashes(spec.model, spec.task, spec.options)
+        record["base_eval"] = _start_base_eval(spec, folder, store.data)
+        _save(record)
+    return record
+
+
+def _start_base_eval(spec: StudySpec, folder: Path, data: Path) -> dict:
+    """The base model's baselines in a background process (validation and test), logged to base_eval.log."""
+    import psutil
+
+    from training.evaluation import base_eval_command, worker_env
+    from training.jobs import PROJECT_ROOT
+
+    with open(folder / "base_eval.log", "ab") as log:
+        popen = subprocess.Popen(base_eval_command(spec.model, spec.task, spec.options), stdout=log,
+                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=PROJECT_ROOT,
+                                 env=worker_env(data), start_new_session=True)
+    _CHILDREN.append(popen)
+    try:
+        created = psutil.Process(popen.pid).create_time()
+    except psutil.Error:
+        created = None
+    return {"pid": popen.pid, "create_time": created, "log": str(folder / "base_eval.log")}
+
+
+def base_eval_running(record: dict) -> bool:
+    """Whether the study's background base evaluation is still running."""
+    from training.jobs import process_alive
+
+    for popen in list(_CHILDREN):
+        if popen.poll() is not None:
+            _CHILDREN.remove(popen)
+    info = record.get("base_eval") or {}
+    return bool(info) and process_alive(info.get("pid"), info.get("create_time"))
+
+
+def study_jobs(record: dict, store=None) -> list:
+    """The study's jobs (Job objects) in queue order."""
+    from training.jobs import JobStore
+
+    store = store or JobStore()
+    return [store.get(entry["job"]) for entry in record["jobs"]]
+
+
+def study_running(record: dict, store=None) -> bool:
+    """True while any job of the study is queued or running, or its base evaluation runs."""
+    return any(not j.final for j in study_jobs(record, store)) or base_eval_running(record)
+
+
+# ----------------------------------------------------------------------------------------------- tables
+
+def method_label(config: dict) -> str:
+    """The comparison-table name of a run's method, from its config."""
+    method = config.get("method")
+    if method == "moe_lora":
+        strategy = str((config.get("allocation") or {}).get("strategy", ""))
+        for key, (label, _, kind) in METHODS.items():
+            if kind and strategy.startswith(kind):
+                return label
+        return "MoE-LoRA"
+    return {"lora": "LoRA", "full": "Full fine-tune"}.get(method, str(method))
+
+
+def runs_frame(jobs: list, store=None) -> pd.DataFrame:
+    """One row per job: identity, method, allocation, seed, status, parameters, steps, time, and the stored
+    validation / test metrics (result.json numbers are copied into the evaluations table on the way)."""
+    from training.evaluation import EvalStore, _task_name, record_result
+
+    evals = store or EvalStore()
+    rows = []
+    for job in jobs:
+        result = job.result() or {}
+        cfg = job.config
+        task = _task_name(cfg.get("task"))
+        if job.status == "done":
+            record_result(job, evals)
+        row = {"run_id": str(job.id), "name": job.name, "model": cfg.get("model") or DEFAULT_MODEL, "task": task,
+               "method": method_label(cfg), "allocation": describe_allocation(cfg), "seed": cfg.get("seed", 0),
+               "status": job.status, "trainable_params": result.get("trainable_params"),
+               "steps": result.get("steps"), "seconds": result.get("seconds"), "run_dir": job.run_dir}
+        for split in ("validation", "test"):
+            for metric, value in evals.get(str(job.id), task, split, "").items():
+                row[f"{split} {metric}"] = value
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def base_frame(model: str | None, task: str, store=None, rows_hash: dict | None = None) -> pd.DataFrame:
+    """Rows for the base model's stored baselines on a task (probe / untrained head, or zero-shot)."""
+    from training.evaluation import HEAD, EvalStore, base_id
+
+    evals = store or EvalStore()
+    out = []
+    for variant in (None, HEAD):
+        run_id = base_id(model, variant)
+        row = {"run_id": run_id, "name": run_id, "model": model or DEFAULT_MODEL, "task": task,
+               "allocation": "frozen", "status": "done", "seed": None, "trainable_params": 0, "steps": 0}
+        for split in ("validation", "test"):
+            for metric, value in evals.get(run_id, task, split, (rows_hash or {}).get(split)).items():
+                row[f"{split} {metric}"] = value
+        if not any(k.startswith(("validation ", "test ")) for k in row):
+            continue
+        zero_shot = any(k.endswith(" loss") for k in row)     # the probe reports no loss; zero-shot does
+        row["method"] = BASE_LABELS["untrained-head" if variant else ("zero-shot" if zero_shot else "probe")]
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def metric_columns(df: pd.DataFrame) -> list[str]:
+    """The 'split metric' columns of a runs frame, validation first, in a stable metric order."""
+    order = ["accuracy", "macro_f1", "mcc", "loss", "perplexity"]
+    cols = [c for c in df.columns if c.startswith(("validation ", "test ")) and not c.endswith((" ci", " n"))]
+    return sorted(cols, key=lambda c: (c.split(" ")[0] != "validation",
+                                       order.index(c.split(" ", 1)[1]) if c.split(" ", 1)[1] in order else 99, c))
+
+
+def summarise_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Seeds aggregated per (model, task, method, allocation): counts, mean parameters / steps / time and, per
+    metric, the mean and 95 % CI half-width over the finished runs (metrics.mean_ci; NaN with one run)."""
+    from training.metrics import mean_ci
+
+    if runs.empty:
+        return pd.DataFrame(columns=GROUP + ["runs", "trainable_params", "steps", "seconds"])
+    metrics = metric_columns(runs)
+    order = {label: i for i, label in enumerate([v[0] for v in METHODS.values()] + list(BASE_LABELS.values()))}
+    out = []
+    for key, group in runs.groupby(GROUP, sort=False, dropna=False):
+        done = group[group["status"] == "done"]
+        row = dict(zip(GROUP, key))
+        row["runs"] = f"{len(done)}/{len(group)}" if group["seed"].notna().any() else "base"
+        for col in ("trainable_params", "steps", "seconds"):
+            values = pd.to_numeric(done[col], errors="coerce").dropna() if col in done else pd.Series(dtype=float)
+            row[col] = float(values.mean()) if len(values) else math.nan
+        for col in metrics:
+            values = pd.to_numeric(done[col], errors="coerce").dropna() if col in done else pd.Series(dtype=float)
+            if len(values):
+                ci = mean_ci(values.tolist())
+                row[col], row[f"{col} ci"], row[f"{col} n"] = ci.mean, ci.half_width, ci.n
+            else:
+                row[col], row[f"{col} ci"], row[f"{col} n"] = math.nan, math.nan, 0
+        out.append(row)
+    table = pd.DataFrame(out)
+    table["_order"] = table["method"].map(lambda m: order.get(m, 50))
+    return table.sort_values(["model", "task", "_order"], kind="stable").drop(columns="_order").reset_index(drop=True)
+
+
+def study_runs(study_id: int | str, store=None, evals=None) -> tuple[pd.DataFrame, dict]:
+    """(runs frame of the study's jobs plus its base rows, the study record)."""
+    record = load_study(study_id)
+    runs = runs_frame(study_jobs(record, store), evals)
+    spec = record["spec"]
+    task = runs["task"].iloc[0] if len(runs) else spec["task"]
+    base = base_frame(spec["model"], task, evals, record.get("base_rows_hash"))
+    return pd.concat([runs, base], ignore_index=True), record
+
+
+def study_table(study_id: int | str, store=None, evals=None) -> pd.DataFrame:
+    """The comparison table of a study: method, allocation, trainable parameters, steps, time and each metric's
+    mean ± 95 % CI over seeds per task (plus the base model's rows); partial while jobs run."""
+    runs, _ = study_runs(study_id, store, evals)
+    return summarise_runs(runs)
+
+
+def format_table(table: pd.DataFrame, splits: tuple[str, ...] = ("validation", "test")) -> pd.DataFrame:
+    """The table as display strings: '0.812 ± 0.021', parameter counts with k/M, seconds rounded."""
+    from training.metrics import MeanCI
+
+    out = table[[c for c in GROUP + ["runs"] if c in table]].copy()
+    out["trainable params"] = table["trainable_params"].map(_count)
+    out["steps"] = table["steps"].map(lambda v: "—" if pd.isna(v) else f"{v:.0f}")
+    out["time (s)"] = table["seconds"].map(lambda v: "—" if pd.isna(v) else f"{v:.0f}")
+    for col in metric_columns(table):
+        if col.split(" ")[0] not in splits:
+            continue
+        digits = 2 if col.endswith(("perplexity", "loss")) else 3
+
+        def cell(r, col=col, digits=digits):
+            if pd.isna(r[col]):
+                return "—"
+            if r[f"{col} n"] <= 1:
+                return f"{r[col]:.{digits}f}"
+            return MeanCI(r[col], r[f"{col} ci"], int(r[f"{col} n"]), math.nan).format(digits).split(" (")[0]
+        out[col] = table.apply(cell, axis=1) if len(table) else []
+    return out
+
+
+def _count(v) -> str:
+    if v is None or pd.isna(v):
+        return "—"
+    for unit, size in (("M", 1e6), ("k", 1e3)):
+        if v >= size:
+            return f"{v / size:.2f} {unit}"
+    return f"{v:.0f}"
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A pipe table of a formatted frame (no tabulate dependency)."""
+    cols = list(table.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def pareto_front(points: pd.DataFrame, x: str, y: str, higher_is_better: bool = True) -> pd.DataFrame:
+    """The rows no other row beats on both axes (fewer `x` and better `y`), sorted by `x`."""
+    df = points.dropna(subset=[x, y]).sort_values([x, y], ascending=[True, not higher_is_better])
+    keep, best = [], -math.inf
+    for i, v in zip(df.index, df[y]):
+        v = v if higher_is_better else -v
+        if v > best:
+            keep.append(i)
+            best = v
+    return df.loc[keep]
+
+
+def dodge(x: pd.Series, factor: float = 1.06) -> pd.Series:
+    """Positions for a log axis where equal x values (e.g. MoE-LoRA allocations of one budget) are spread
+    symmetrically by powers of `factor`, so that their markers do not hide each other."""
+    out = x.astype(float).copy()
+    for _, index in x.groupby(x).groups.items():
+        k = len(index)
+        for j, i in enumerate(index):
+            out[i] = float(x[i]) * factor ** (j - (k - 1) / 2)
+    return out
+
+
+def loss_curves(jobs: list) -> pd.DataFrame:
+    """Training loss per step of each job (from progress.jsonl): run_id, name, method, seed, step, loss."""
+    rows = []
+    for job in jobs:
+        for line in job.progress():
+            if "step" in line and "loss" in line:
+                rows.append({"run_id": str(job.id), "name": job.name, "method": method_label(job.config),
+                             "seed": job.config.get("seed", 0), "step": line["step"], "loss": line["loss"]})
+    return pd.DataFrame(rows, columns=["run_id", "name", "method", "seed", "step", "loss"])
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+def add_parser(sub) -> None:
+    """`python -m training study …`, `study-show ID`, `study-list`."""
+    p = sub.add_parser("study", help="queue the standard comparison: LoRA, MoE-LoRA uniform / MoLA / AlphaLoRA, "
+                                     "full fine-tune, × seeds")
+    p.add_argument("--model", help="model folder or built-in name (default: the embedded all-MiniLM-L6-v2)")
+    p.add_argument("--task", default="rotten_tomatoes", help="task name or file (default: rotten_tomatoes)")
+    p.add_argument("--budget", type=int, help="MoE-LoRA experts over all layers (default: 5 × layers)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
+    p.add_argument("--max-steps", type=int, help="optimizer steps per run (default: one epoch)")
+    p.add_argument("--beta", type=float, default=2.5, help="AlphaLoRA β (default 2.5)")
+    p.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="training option for every job, e.g. --set max_train_rows=200 (repeatable)")
+    p.add_argument("--no-base", action="store_true", help="skip the base model's baseline evaluation")
+    p.add_argument("--wait", action="store_true", help="show progress on stderr and print the table at the end")
+    p.set_defaults(run=run_study_cli)
+
+    p = sub.add_parser("study-show", help="the comparison table of a study (partial while it runs)")
+    p.add_argument("id", type=int)
+    p.add_argument("--json", action="store_true", help="the numeric table as JSON records")
+    p.add_argument("--test-only", action="store_true", help="only the test metrics")
+    p.set_defaults(run=run_show_cli)
+
+    p = sub.add_parser("study-list", help="studies, oldest first")
+    p.set_defaults(run=run_list_cli)
+
+
+def run_study_cli(args) -> int:
+    from training.__main__ import _parse_set
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else list(METHODS)
+    spec = StudySpec(model=args.model, task=args.task, budget=args.budget, seeds=args.seeds,
+                     max_steps=args.max_steps, beta=args.beta, methods=methods, options=_parse_set(args.set))
+    record = start_study(spec, base_eval=not args.no_base)
+    print(f"study {record['id']}: {len(record['jobs'])} jobs queued; folder {record['folder']}", file=sys.stderr)
+    if not args.wait:
+        print(json.dumps({"study": record["id"], "jobs": [j["job"] for j in record["jobs"]],
+                          "folder": record["folder"]}))
+        return 0
+    wait_study(record["id"])
+    print(to_markdown(format_table(study_table(record["id"]), ("test",))))
+    jobs = study_jobs(load_study(record["id"]))
+    return 0 if all(j.status == "done" for j in jobs) else 1
+
+
+def wait_study(study_id: int, poll: float = 1.0, out=None) -> dict:
+    """Block until every job and the base evaluation of a study have ended, with a progress bar on stderr."""
+    from tqdm import tqdm
+
+    from training.jobs import JobStore
+
+    store = JobStore()
+    record = load_study(study_id)
+    bar = tqdm(total=None, file=out or sys.stderr, unit="step", desc=f"study {study_id}", dynamic_ncols=True)
+    try:
+        while True:
+            store.reconcile()
+            jobs = study_jobs(record, store)
+            totals, done_steps, current = 0, 0, None
+            for job in jobs:
+                lines = job.progress()
+                total = (lines[-1].get("total_steps") if lines else None) or job.config.get("max_steps") or 0
+                totals += total
+                done_steps += total if job.final else (lines[-1]["step"] if lines else 0)
+                if job.status == "running":
+                    current = job
+            finished = sum(j.final for j in jobs)
+            bar.total, bar.n = max(totals, 1), done_steps
+            what = f"running {current.name}" if current else ("base evaluation" if base_eval_running(record)
+                                                               else "")
+            bar.set_description(f"study {study_id}: {finished}/{len(jobs)} runs ended {what}".rstrip())
+            bar.refresh()
+            if finished == len(jobs) and not base_eval_running(record):
+                return record
+            time.sleep(poll)
+    except KeyboardInterrupt:
+        raise SpectrascopeError(f"stopped waiting; study {study_id} goes on (python -m training study-show "
+                                f"{study_id})") from None
+    finally:
+        bar.close()
+
+
+def run_show_cli(args) -> int:
+    table = study_table(args.id)
+    if args.json:
+        print(table.to_json(orient="records"))
+        return 0
+    record = load_study(args.id)
+    running = study_running(record)
+    print(to_markdown(format_table(table, ("test",) if args.test_only else ("validation", "test"))))
+    if running:
+        print(f"(partial: study {args.id} is still running)", file=sys.stderr)
+    return 0
+
+
+def run_list_cli(args) -> int:
+    print(f"{'id':>4}  {'jobs':>4}  {'model':<24}  {'task':<16}  created")
+    for record in list_studies():
+        spec = record["spec"]
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(record["created"]))
+        print(f"{record['id']:>4}  {len(record['jobs']):>4}  {spec['model'] or DEFAULT_MODEL:<24}  "
+              f"{spec['task']:<16}  {created}")
+    return 0
