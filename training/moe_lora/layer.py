@@ -1,0 +1,161 @@
+"""MoELoraLinear: a frozen Linear / GPT-2 Conv1D plus N routed LoRA experts, computed batched (no expert loop)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers.pytorch_utils import Conv1D
+
+
+class MaskState:
+    """The padding mask the routers should see, shared by the MoE layers of one model.
+
+    `auto` is set from the model call's `attention_mask` by a forward pre-hook (see model.py) and cleared
+    after the call; `pinned` is set by the `routing_mask(model, mask)` context manager and wins over `auto`.
+    """
+
+    def __init__(self) -> None:
+        self.auto: torch.Tensor | None = None
+        self.pinned: torch.Tensor | None = None
+
+    def current(self) -> torch.Tensor | None:
+        return self.pinned if self.pinned is not None else self.auto
+
+
+def base_shape(base: nn.Module) -> tuple[int, int]:
+    """(d_in, d_out) of a Linear or of a GPT-2 Conv1D (whose weight is stored (in, out))."""
+    if isinstance(base, nn.Linear):
+        return base.in_features, base.out_features
+    if isinstance(base, Conv1D):
+        return base.weight.shape[0], base.weight.shape[1]
+    raise TypeError(f"MoE-LoRA wraps nn.Linear or transformers Conv1D, not {type(base).__name__}")
+
+
+def base_weight(base: nn.Module) -> torch.Tensor:
+    """The base weight as (d_out, d_in), whatever the storage orientation."""
+    return base.weight.T if isinstance(base, Conv1D) else base.weight
+
+
+class MoELoraLinear(nn.Module):
+    """h = W0 x + s * sum_{e in topk(x)} p_hat_e(x) B_e A_e dropout(x), per token.
+
+    router: Linear(d_in -> N, no bias) on the clean x; p = softmax in float32; the top-k probabilities are
+    renormalised to sum to 1 (p_hat), the others are 0. With N = 1 this is plain LoRA: no router, gate = 1.
+    Parameters: lora_A (N, r, d_in), lora_B (N, d_out, r) -- all experts in one tensor each.
+    """
+
+    def __init__(self, base: nn.Module, n_experts: int, top_k: int, r: int = 8, lora_alpha: float = 16.0,
+                 dropout: float = 0.05, track_balance: bool = True):
+        super().__init__()
+        d_in, d_out = base_shape(base)
+        if n_experts < 1 or not 1 <= top_k <= n_experts:
+            raise ValueError(f"need n_experts >= 1 and 1 <= top_k <= n_experts, got {n_experts}, {top_k}")
+        self.base_layer = base
+        self.d_in, self.d_out = d_in, d_out
+        self.n_experts, self.top_k, self.r = n_experts, top_k, r
+        self.scaling = lora_alpha / r
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        device = base.weight.device
+        self.router = nn.Linear(d_in, n_experts, bias=False, device=device) if n_experts > 1 else None
+        self.lora_A = nn.Parameter(torch.empty(n_experts, r, d_in, device=device))
+        self.lora_B = nn.Parameter(torch.zeros(n_experts, d_out, r, device=device))
+        for e in range(n_experts):  # Kaiming-uniform per expert, as nn.Linear(d_in, r) / peft's LoRA A
+            nn.init.kaiming_uniform_(self.lora_A.data[e], a=math.sqrt(5))
+        self.track_balance = track_balance and n_experts > 1
+        self.mask_state = MaskState()           # replaced by the model-wide one on injection
+        self.balance_loss: torch.Tensor | None = None  # L = N * sum_e f_e P_e of the last forward
+        self.collect_gates = False              # routing_weighted_delta: accumulate the mean gate
+        self.gate_sum: torch.Tensor | None = None
+        self.gate_count = 0
+
+    # -- routing -----------------------------------------------------------------------------------------
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (T, d_in) -> probs (T, N) float32, top-k indices (T, k), dense renormalised gate (T, N) float32."""
+        logits = self.router(x.to(self.router.weight.dtype))                  # (T, N)
+        probs = torch.softmax(logits.float(), dim=-1)                          # (T, N)
+        top_p, top_i = probs.topk(self.top_k, dim=-1)                          # (T, k), (T, k)
+        top_p = top_p / top_p.sum(dim=-1, keepdim=True)                        # renormalise: rows sum to 1
+        gate = torch.zeros_like(probs).scatter(1, top_i, top_p)                # (T, N), 0 where not selected
+        return probs, top_i, gate
+
+    def token_mask(self, lead_shape: torch.Size) -> torch.Tensor | None:
+        """The (T,) bool mask of real (non-padding) tokens for an input with leading shape (B, S), if known."""
+        mask = self.mask_state.current()
+        if mask is None:
+            return None
+        if mask.shape == lead_shape:
+            return mask.reshape(-1).bool()
+        if mask.dim() == 2 and len(lead_shape) == 2 and mask.shape[0] == lead_shape[0] \
+                and mask.shape[1] >= lead_shape[1]:                            # cached decoding: last S positions
+            return mask[:, -lead_shape[1]:].reshape(-1).bool()
+        return None                                                            # unknown layout: use all tokens
+
+    def switch_loss(self, probs: torch.Tensor, top_i: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        """Switch-style balance loss L = N * sum_e f_e * P_e over the valid tokens (f has no gradient)."""
+        if valid is not None:
+            probs, top_i = probs[valid], top_i[valid]                          # (T', N), (T', k)
+        if probs.shape[0] == 0:
+            return probs.new_zeros(())
+        counts = torch.zeros_like(probs).scatter_add(1, top_i, torch.ones_like(top_i, dtype=probs.dtype))
+        f = counts.sum(0) / top_i.numel()                                      # (N,) share of the k*T' selections
+        P = probs.mean(0)                                                      # (N,) mean router probability
+        return self.n_experts * (f * P).sum()
+
+    # -- forward -----------------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base_layer(x)                                               # (..., d_out)
+        lead = x.shape[:-1]
+        xs = x.reshape(-1, self.d_in)                                          # (T, d_in)
+        xd = self.dropout(xs.to(self.lora_A.dtype))                            # (T, d_in)
+        if self.router is None:                                                # N = 1: plain LoRA, gate = 1
+            delta = F.linear(F.linear(xd, self.lora_A[0]), self.lora_B[0])     # (T, r) -> (T, d_out)
+            if self.collect_gates:
+                self._accumulate(xs.new_ones(xs.shape[0], 1, dtype=torch.float32), self.token_mask(lead))
+        else:
+            probs, top_i, gate = self.route(xs)
+            valid = self.token_mask(lead) if (self.track_balance or self.collect_gates) else None
+            if self.track_balance:
+                self.balance_loss = self.switch_loss(probs, top_i, valid)
+            if self.collect_gates:
+                self._accumulate(gate, valid)
+            delta = self.mix(xd, gate.to(xd.dtype))
+        return out + (self.scaling * delta).to(out.dtype).reshape(*lead, self.d_out)
+
+    def mix(self, xd: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """sum_e gate_e * B_e A_e xd for all tokens: xd (T, d_in), gate (T, N) -> (T, d_out).
+
+        Dense over experts: one (d_in -> N*r) matmul for every expert's A, a gate multiply, one (N*r -> d_out)
+        matmul for every B. Non-selected experts get gate 0, so the extra work is N*r columns instead of k*r;
+        with N <= ~16 and r = 8 that is at most 128 columns, still one GEMM that keeps the cores busy. Gathering
+        A[top_i] instead builds a (T, k, r, d_in) copy of the weights (T*k*r*d_in floats) and runs T small
+        batched matmuls; benchmarks/moe_lora_speed.py measures it ("gather") and the dense mix wins clearly.
+        """
+        T = xd.shape[0]
+        N, r = self.n_experts, self.r
+        z = F.linear(xd, self.lora_A.reshape(N * r, self.d_in))                # (T, N*r)
+        z = (z.view(T, N, r) * gate.unsqueeze(-1)).view(T, N * r)              # (T, N*r) zero for other experts
+        B_cat = self.lora_B.permute(1, 0, 2).reshape(self.d_out, N * r)        # (d_out, N*r)
+        return F.linear(z, B_cat)                                              # (T, d_out)
+
+    def _accumulate(self, gate: torch.Tensor, valid: torch.Tensor | None) -> None:
+        g = gate.detach().double()                                             # (T, N)
+        if valid is not None:
+            g = g[valid]
+        s = g.sum(0)
+        self.gate_sum = s if self.gate_sum is None else self.gate_sum + s
+        self.gate_count += g.shape[0]
+
+    # -- analysis ----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def expert_deltas(self) -> torch.Tensor:
+        """s * B_e A_e for every expert: (N, d_out, d_in) float32."""
+        return self.scaling * torch.bmm(self.lora_B.float(), self.lora_A.float())
+
+    def extra_repr(self) -> str:
+        return (f"d_in={self.d_in}, d_out={self.d_out}, experts={self.n_experts}, top_k={self.top_k}, "
+                f"r={self.r}, scaling={self.scaling:g}")
