@@ -1,0 +1,344 @@
+"""The Allocate experts page through Streamlit's AppTest: sliders, hand edits, bad inputs, exports, use for training."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from analysis import allocation as al
+from analysis import allocation_store as store
+from analysis.types import SpectrascopeError
+from app import page_allocate as page
+
+MINILM_LAYERS = 6
+EDIT_NONE = {"edited_rows": {}, "added_rows": [], "deleted_rows": []}
+
+
+def ok(at) -> None:
+    assert not at.exception, [e.message for e in at.exception]
+
+
+def open_page(app, **query):
+    at = app(**query).run()
+    at.switch_page("page_allocate.py").run()
+    ok(at)
+    assert at.title[0].value == "Allocate experts"
+    return at
+
+
+def metrics(at) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def experts(at) -> list[int]:
+    """The counts the table shows (its input, i.e. the strategy's allocation before hand edits)."""
+    return [int(v) for v in at.data_editor[0].value["experts"]]
+
+
+def figures(at) -> list[dict]:
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+def qp(at, name: str) -> str:
+    return str(at.query_params[name]).strip("[]'")
+
+
+def edit(at, rows: dict) -> None:
+    """Inject a data_editor edit the way the browser reports it, then rerun."""
+    at.session_state[at.data_editor[0].key] = {**EDIT_NONE, "edited_rows": rows}
+    at.run()
+    ok(at)
+
+
+def labelled(elements, label: str):
+    """The one element of a list with this label."""
+    hits = [e for e in elements if e.label == label]
+    assert len(hits) == 1, [e.label for e in elements]
+    return hits[0]
+
+
+def errors(at) -> list[str]:
+    return [e.value for e in at.error]
+
+
+# ------------------------------------------------------------------------------------------ the default view
+
+def test_default_allocation_chart_and_url(app):
+    at = open_page(app)
+    assert not at.error
+    counts = experts(at)
+    assert len(counts) == MINILM_LAYERS and sum(counts) == 5 * MINILM_LAYERS
+    assert metrics(at)["Σ experts / budget"] == "30 / 30"
+    assert at.slider(key="w_budget").value == 30 and at.slider(key="w_beta").value == 2.5
+    fig = figures(at)[0]
+    bars, line = fig["data"]
+    assert bars["type"] == "bar" and list(bars["y"]) == counts
+    assert line["yaxis"] == "y2" and "layer" in line["hovertemplate"] and "layer" in bars["hovertemplate"]
+    assert "layer" in fig["layout"]["xaxis"]["title"]["text"]
+    assert "experts" in fig["layout"]["yaxis"]["title"]["text"]
+    assert "α" in fig["layout"]["yaxis2"]["title"]["text"]
+    assert "AlphaLoRA" in fig["layout"]["title"]["text"]
+    assert qp(at, "budget") == "30" and qp(at, "beta") == "2.5" and qp(at, "strategy") == "alphalora"
+    for label in ("LoRA experts", "Routers", "Trainable total", "Share of the model"):
+        assert label in metrics(at)
+    assert not at.warning
+
+
+def test_comparison_of_the_three_strategies(app):
+    at = open_page(app)
+    compare = figures(at)[1]
+    names = [t["name"] for t in compare["data"]]
+    assert len(names) == 3 and names[0].startswith("AlphaLoRA") and names[1].startswith("uniform")
+    assert names[2].startswith("MoLA 2468")
+    table = [d.value for d in at.dataframe if "total experts" in d.value][0]
+    assert list(table["total experts"]) == [30, 30, 26]          # MoLA 2468 on 6 layers: 2,2,4,4,6,8
+    assert all(table["trainable total"] > 0) and all(table["share of model"] > 0)
+
+
+# ------------------------------------------------------------------------------------------ sliders and strategies
+
+def test_budget_slider_gives_new_counts(app):
+    at = open_page(app)
+    at.slider(key="w_budget").set_value(12).run()
+    ok(at)
+    assert experts(at) == al.alphalora(_scores(), 12, 2.5)
+    assert sum(experts(at)) == 12 and metrics(at)["Σ experts / budget"] == "12 / 12"
+    assert qp(at, "budget") == "12"
+    at.slider(key="w_budget").set_value(60).run()
+    assert sum(experts(at)) == 60
+
+
+def test_beta_zero_is_uniform_and_lands_in_url(app):
+    at = open_page(app)
+    at.slider(key="w_beta").set_value(0.0).run()
+    ok(at)
+    assert experts(at) == [5] * MINILM_LAYERS
+    assert qp(at, "beta") == "0.0"
+
+
+def test_url_restores_the_view(app):
+    at = open_page(app, strategy="uniform", budget=20, beta=1.5, min_experts=2)
+    assert at.selectbox(key="w_strategy").value == "uniform"
+    assert at.slider(key="w_budget").value == 20 and at.number_input(key="w_min_experts").value == 2
+    assert experts(at) == [4, 4, 3, 3, 3, 3]
+
+
+def test_mola_preset_and_custom_pattern(app):
+    at = open_page(app)
+    at.selectbox(key="w_strategy").select("mola").run()
+    at.selectbox(key="w_mola").select("8642").run()
+    ok(at)
+    assert experts(at) == [8, 8, 6, 6, 4, 2]
+    assert metrics(at)["Σ experts / budget"] == "34 / 34"
+    assert at.slider(key="w_budget").disabled
+    at.selectbox(key="w_mola").select(page.CUSTOM).run()
+    at.text_input(key="alloc_mola_custom").set_value("123").run()
+    ok(at)
+    assert experts(at) == [1, 1, 2, 2, 3, 3]
+
+
+def test_manual_strategy_starts_uniform(app):
+    at = open_page(app)
+    at.selectbox(key="w_strategy").select("manual").run()
+    ok(at)
+    assert experts(at) == [5] * MINILM_LAYERS and not at.warning
+
+
+# ------------------------------------------------------------------------------------------ hand edits
+
+def test_edit_that_breaks_the_sum_warns_and_becomes_manual(app):
+    at = open_page(app)
+    before = experts(at)
+    edit(at, {0: {"experts": before[0] + 3}})
+    assert metrics(at)["Σ experts / budget"] == "33 / 30"
+    assert any("3 more than the budget of 30" in w.value for w in at.warning)
+    assert "manual (edited from AlphaLoRA)" in figures(at)[0]["layout"]["title"]["text"]
+    assert list(figures(at)[0]["data"][0]["y"])[0] == before[0] + 3
+    # a balancing edit clears the warning
+    edit(at, {0: {"experts": before[0] + 3}, 1: {"experts": before[1] - 3}})
+    assert metrics(at)["Σ experts / budget"] == "30 / 30" and not any("budget" in w.value for w in at.warning)
+
+
+def test_edit_below_budget_says_how_many_fewer(app):
+    at = open_page(app)
+    edit(at, {"2": {"experts": 1}})
+    diff = experts(at)[2] - 1
+    assert any(f"{diff} fewer than the budget of 30" in w.value for w in at.warning)
+
+
+@pytest.mark.parametrize("value, shown", [(-1, "-1"), (2.5, "2.5"), (None, "empty")])
+def test_negative_fractional_or_empty_counts_are_errors(app, value, shown):
+    at = open_page(app)
+    edit(at, {3: {"experts": value}})
+    assert any("whole numbers ≥ 0" in e and f"layer 3: {shown}" in e for e in errors(at)), errors(at)
+    assert not at.get("download_button")                      # nothing to export from an invalid table
+
+
+def test_slider_change_drops_hand_edits(app):
+    at = open_page(app)
+    edit(at, {0: {"experts": 20}})
+    at.slider(key="w_budget").set_value(18).run()
+    ok(at)
+    assert metrics(at)["Σ experts / budget"] == "18 / 18" and not at.warning
+
+
+def test_reset_hand_edits(app):
+    at = open_page(app)
+    edit(at, {0: {"experts": 20}})
+    assert at.warning
+    labelled(at.button, "Reset hand edits").click().run()
+    ok(at)
+    assert metrics(at)["Σ experts / budget"] == "30 / 30" and not at.warning
+
+
+# ------------------------------------------------------------------------------------------ bad inputs
+
+def test_budget_below_layers_times_min(app):
+    at = open_page(app)
+    at.number_input(key="w_min_experts").set_value(6).run()
+    ok(at)
+    assert any("smaller than 6 layers × minimum 6 = 36" in e for e in errors(at)), errors(at)
+
+
+def test_min_above_max(app):
+    at = open_page(app)
+    at.number_input(key="w_min_experts").set_value(3).run()
+    at.number_input(key="w_max_experts").set_value(2).run()
+    ok(at)
+    assert any("minimum (3) is larger than the maximum (2)" in e for e in errors(at)), errors(at)
+
+
+def test_max_caps_layers(app):
+    at = open_page(app)
+    at.number_input(key="w_max_experts").set_value(5).run()
+    ok(at)
+    assert max(experts(at)) <= 5 and sum(experts(at)) == 30 and not at.error
+
+
+@pytest.mark.parametrize("pattern, message", [("24a8", "malformed MoLA pattern"), ("", "malformed MoLA pattern"),
+                                              ("1234567", "has 7 blocks but the model has only 6 layers")])
+def test_bad_mola_pattern(app, pattern, message):
+    at = open_page(app)
+    at.selectbox(key="w_strategy").select("mola").run()
+    at.selectbox(key="w_mola").select(page.CUSTOM).run()
+    at.text_input(key="alloc_mola_custom").set_value(pattern).run()
+    ok(at)
+    assert any(message in e for e in errors(at)), errors(at)
+
+
+def test_no_modules_is_a_clear_error(app):
+    at = open_page(app)
+    at.multiselect(key="alloc_modules").set_value([]).run()
+    ok(at)
+    assert any("at least one adapted module" in e for e in errors(at))
+
+
+# ------------------------------------------------------------------------------------------ ranks, downloads, training
+
+def test_rank_budget_exports_peft_patterns(app):
+    at = open_page(app)
+    downloads = {b.label: b for b in at.get("download_button")}
+    assert downloads["peft LoraConfig JSON"].proto.disabled
+    at.toggle(key="alloc_ranks_on").set_value(True).run()
+    at.number_input(key="alloc_rank_budget").set_value(30).run()
+    ok(at)
+    table = at.data_editor[0].value
+    assert sum(table[page.RANK_COL]) == 30
+    downloads = {b.label: b for b in at.get("download_button")}
+    assert not downloads["peft LoraConfig JSON"].proto.disabled
+    assert at.json and "rank_pattern" in at.json[0].value
+    at.slider(key="w_budget").set_value(24).run()              # the experts change, the ranks stay
+    ok(at)
+    assert sum(at.data_editor[0].value[page.RANK_COL]) == 30 and sum(experts(at)) == 24
+    assert "rank_pattern" in at.json[0].value
+    at.number_input(key="alloc_rank_budget").set_value(12).run()
+    assert sum(at.data_editor[0].value[page.RANK_COL]) == 12
+    at.number_input(key="alloc_min_rank").set_value(3).run()    # 6 layers × 3 > 12
+    ok(at)
+    assert any("smaller than 6 layers × minimum 3" in e for e in errors(at)), errors(at)
+
+
+def test_parameter_count_follows_rank_and_modules(app):
+    at = open_page(app)
+    total_r8 = metrics(at)["Trainable total"]
+    at.number_input(key="alloc_rank").set_value(16).run()
+    ok(at)
+    assert metrics(at)["Trainable total"] != total_r8
+    at.multiselect(key="alloc_modules").set_value(["q", "v"]).run()
+    ok(at)
+    assert "q, v" in " ".join(c.value for c in at.caption)
+
+
+def test_use_for_training_writes_a_loadable_file(app):
+    at = open_page(app)
+    edit(at, {0: {"experts": 7}})
+    labelled(at.text_input, "Save as").set_value("my-alloc").run()
+    button = labelled(at.button, "Use for training")
+    button.click().run()
+    ok(at)
+    assert at.success and "my-alloc" in at.success[0].value
+    path = Path(os.environ["SPECTRASCOPE_DATA"]) / "allocations" / "my-alloc.json"
+    alloc = al.from_json(path.read_text())
+    assert alloc.strategy == "manual" and alloc.experts[0] == 7 and alloc.params["edited_from"] == "alphalora"
+    assert alloc.trainable_params["total"] > 0 and alloc.model == "all-MiniLM-L6-v2"
+    assert store.load_current().experts == alloc.experts and store.current_name() == "my-alloc"
+
+
+def test_use_for_training_refuses_a_bad_name(app):
+    at = open_page(app)
+    labelled(at.text_input, "Save as").set_value("../escape").run()
+    labelled(at.button, "Use for training").click().run()
+    ok(at)
+    assert any("invalid allocation name" in e for e in errors(at))
+    assert not (Path(os.environ["SPECTRASCOPE_DATA"]) / "escape.json").exists()
+
+
+# ------------------------------------------------------------------------------------------ pure helpers
+
+def _scores() -> list[float]:
+    from analysis import engine
+    return engine.analyze().layer_scores()
+
+
+def test_model_facts_without_usable_scores():
+    import numpy as np
+    import pandas as pd
+    from types import SimpleNamespace
+    mats = pd.DataFrame({"name": ["emb.weight", "layers.0.q.weight", "layers.1.q.weight", "layers.1.up.weight"],
+                         "layer": [np.nan, 0, 1, 1], "module": ["embedding", "q", "q", "up"],
+                         "rows": [10, 8, 8, 16], "cols": [8, 8, 8, 8]})
+    result = SimpleNamespace(model="fake", matrices=mats, num_parameters=None,
+                             layer_scores=lambda: [3.0, float("nan")])
+    facts = page.model_facts(result)
+    assert facts.n_layers == 2 and facts.scores is None and "layers [1]" in facts.scores_problem
+    assert facts.kinds == ["q", "up"] and facts.model_params == 80 + 64 + 64 + 128
+    s = page.Settings("alphalora", 4, 2.5, 1, None, "2468")
+    with pytest.raises(SpectrascopeError, match="no usable AlphaLoRA score"):
+        page.base_allocation(s, facts)
+    assert page.base_allocation(page.Settings("uniform", 4, 2.5, 1, None, "2468"), facts).experts == [2, 2]
+    rows = page.comparison(s, facts, 8, ["q"])
+    assert "error" in rows[0] and rows[1]["experts"] == [2, 2] and "error" in rows[2]    # 4 digits > 2 layers
+    table = page.comparison_table(rows)
+    assert "note" in table and table["total experts"].isna().sum() == 2
+
+
+def test_read_counts():
+    assert page.read_counts([1.0, 2, 0]) == [1, 2, 0]
+    with pytest.raises(SpectrascopeError, match=r"layer 1: -1.*layer 2: 1.5.*layer 3: empty"):
+        page.read_counts([1, -1, 1.5, float("nan")])
+    with pytest.raises(SpectrascopeError, match=r"and 2 more"):
+        page.read_counts([-1] * 10)
+
+
+def test_sum_problem_and_describe():
+    s = page.Settings("alphalora", 10, 2.5, 1, 3, "2468")
+    assert page.sum_problem([2, 3, 3, 2], 10, s) is None
+    note = page.sum_problem([0, 4, 3, 2], 10, s)
+    assert "1 fewer" in note and "below the minimum" in note and "above the maximum" in note and "no experts" in note
+    alloc = al.allocate("alphalora", scores=[2.0, 3.0], budget=4, beta=1.5)
+    assert page.describe(alloc) == "AlphaLoRA (β = 1.5)"
+    assert page.describe(page.edited_allocation(alloc, [3, 1], 4)) == "manual (edited from AlphaLoRA)"
+    assert page.edited_allocation(alloc, alloc.experts, 4) is alloc
+    assert page.describe(al.allocate("mola:24", n_layers=4)) == "MoLA 24"
