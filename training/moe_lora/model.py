@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
