@@ -75,8 +75,7 @@ def analyze_matrix(info: MatrixInfo, W: torch.Tensor, device: str = "cpu",
     M, N = min(info.rows, info.cols), max(info.rows, info.cols)
     row["ww_comparable"] = bool(esd.MIN_EVALS <= M <= WW_MAX_EVALS and N <= WW_MAX_N)
     if evals is None:
-        bad = ~torch.isfinite(W)
-        if bool(bad.any()):
+        if not bool(torch.isfinite(W).all()):      # one temporary bool tensor; counts only when something is bad
             n_nan, n_inf = int(torch.isnan(W).sum()), int(torch.isinf(W).sum())
             row["status"] = f"non-finite weights ({n_nan} NaN, {n_inf} Inf): not analysed"
             return row, None
@@ -140,7 +139,8 @@ def _analyze_stream(items, device: str, batch_size: int | None, workers: int | N
             queue: deque = deque()
             for info, W in items:
                 queue.append((info, pool.submit(analyze_matrix, info, W, device)))
-                while len(queue) > n:
+                del W                                  # only the pool keeps it: n matrices + 1 loading in memory
+                while len(queue) >= n:
                     head, fut = queue.popleft()
                     yield head, fut.result()
             while queue:
@@ -239,7 +239,7 @@ def analyze(model=None, adapter=None, *, device: str = "auto", use_cache: bool =
     Streams the matrices; on CUDA same-shape matrices go through one batched eigvalsh (batch_size, default 8);
     on CPU `workers` threads (default: one per core, at most 4) each run single-threaded LAPACK on their own
     matrix, which beats one multi-threaded call on the small matrices transformers have (see
-    benchmarks/analysis_speed.py); at most `workers` + 1 matrices are in memory at once. Results are cached in the data directory, keyed by the checkpoint's
+    benchmarks/analysis_speed.py); at most `workers` + 1 matrices are in memory at once (peak RSS bound). Results are cached in the data directory, keyed by the checkpoint's
     identity (paths, sizes, mtimes) and the settings, so an unchanged checkpoint returns at once.
     """
     from analysis.sources import open_source
