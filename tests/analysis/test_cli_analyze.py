@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pandas as pd
 import peft
-import pytest
 import torch
 import transformers
 from safetensors.torch import save_file

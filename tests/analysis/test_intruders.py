@@ -271,7 +271,7 @@ def test_mitigate_without_folder_writes_matrices(tmp_path):
     assert torch.equal(written["model.embed_tokens.weight"], fine.tensors["model.embed_tokens.weight"])
     after = intruders.compare(base, FakeSource(written, "mitigated"))
     assert after.total == 0
-    same = intruders.mitigate(base, fine, tmp_path / "same", lam=1.0)
+    intruders.mitigate(base, fine, tmp_path / "same", lam=1.0)
     for k, v in load_file(str(tmp_path / "same" / "model.safetensors")).items():
         assert torch.equal(v, fine.tensors[k])
     with pytest.raises(SpectrascopeError, match="not an empty folder"):

