@@ -161,10 +161,12 @@ def test_malformed_data_is_a_clear_error_and_starts_no_process(store, tiny_bert,
     data.write_text('{"text": "good", "label": 1}\n{"text": "bad", "label": 0\n')
     task = tmp_path / "reviews.yaml"
     task.write_text(f"name: reviews\nkind: classification\nsource: {data}\nlabel_names: [neg, pos]\nsplit_seed: 0\n")
+    before = {p.pid for p in psutil.Process().children(recursive=True)}   # other tests' helpers (browser driver…)
     with pytest.raises(SpectrascopeError, match="line 2 of reviews.jsonl"):
         store.submit(cheap(tiny_bert, task=str(task)), name="bad-data")
     assert store.list() == []
-    assert jobs._CHILDREN == {} and psutil.Process().children() == []
+    assert jobs._CHILDREN == {}
+    assert {p.pid for p in psutil.Process().children(recursive=True)} <= before   # no worker was started
 
 
 def test_bad_config_is_rejected_before_anything_is_queued(store):
