@@ -64,6 +64,9 @@ def sync_query_params() -> None:
         value = view(name)
         current = st.query_params.get(name)
         if value is None and current is not None:
+            if f"view_{name}" not in st.session_state:     # arrived with a link (st.page_link query_params): keep it
+                st.session_state[f"view_{name}"] = current
+                continue
             del st.query_params[name]
         elif value is not None and current != value:
             st.query_params[name] = value

