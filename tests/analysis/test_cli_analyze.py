@@ -10,6 +10,7 @@ import peft
 import torch
 import transformers
 from safetensors.torch import save_file
+from tests.helpers import assert_clear_error
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRACT = ["name", "layer", "module", "rows", "cols", "alpha", "alpha_hill", "xmin", "D", "stable_rank",
@@ -21,13 +22,6 @@ def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
                           timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
-def assert_clear_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr + proc.stdout
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("\r")]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for needle in needles:
-        assert needle.lower() in lines[0].lower(), lines[0]
 
 
 def tiny_llama(path: Path, nan: bool = False) -> transformers.PreTrainedModel:

@@ -14,6 +14,7 @@ import torch
 from analysis import intruders
 from analysis.config import data_dir
 from analysis.types import MatrixInfo, SpectrascopeError
+from tests.helpers import assert_clear_error
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -293,13 +294,6 @@ def cli(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
-def assert_clear_error(proc, *needles):
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr + proc.stdout
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("\r")]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for needle in needles:
-        assert needle.lower() in lines[0].lower(), lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,14 @@
 """The explorer pages through Streamlit's AppTest: overview, layer detail, model comparison, URL state, errors."""
 from __future__ import annotations
 
-import base64
 import json
 
-import numpy as np
 import pytest
 
 from analysis import engine
 from analysis.config import DEFAULT_MODEL
 from app import common
+from tests.helpers import arr
 
 MINILM_LAYERS = 6
 
@@ -19,15 +18,6 @@ def figures(at) -> list[dict]:
     return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
 
 
-def arr(value) -> np.ndarray:
-    """A trace attribute as an array (Plotly 6+ ships numeric arrays as base64 typed arrays)."""
-    if isinstance(value, dict) and "bdata" in value:
-        out = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
-        shape = value.get("shape")
-        if isinstance(shape, str):
-            shape = [int(n) for n in shape.split(",")]
-        return out.reshape(shape) if shape else out
-    return np.asarray(value)
 
 
 def ok(at) -> None:

@@ -1,17 +1,16 @@
 """Compare spectra page (AppTest): planted intruders counted, charts drawn, runs listed, errors readable, mitigation."""
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
+from tests.helpers import arr
 
 PAGE = "page_compare_spectra.py"
 PLANTS = {"model.layers.0.self_attn.q_proj.weight": 2, "model.layers.1.mlp.down_proj.weight": 1,
@@ -53,15 +52,6 @@ def pair(tmp_path_factory) -> tuple[str, str]:
     return str(base), str(plant_copy(base, root / "planted", PLANTS))
 
 
-def arr(value) -> np.ndarray:
-    """A trace attribute as an array (Plotly 6+ ships numeric arrays as base64 typed arrays)."""
-    if isinstance(value, dict) and "bdata" in value:
-        out = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
-        shape = value.get("shape")
-        if isinstance(shape, str):
-            shape = [int(n) for n in shape.split(",")]
-        return out.reshape(shape) if shape else out
-    return np.asarray(value)
 
 
 def figures(at) -> dict[str, dict]:

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -16,6 +14,7 @@ from training.jobs import JobStore
 from training.trainer import TrainConfig
 
 from tests.tiny_models import make_tiny_model
+from tests.helpers import kill_job_processes
 TINY = {"tr_max_steps": 1, "tr_max_train_rows": 32, "tr_max_eval_rows": 8, "tr_max_test_rows": 8, "tr_eval_every": 0}
 
 
@@ -33,14 +32,7 @@ def data(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     yield tmp_path
-    for job in JobStore(tmp_path).list(reconcile=False):
-        if job.pid and jobs.process_alive(job.pid, job.proc_create_time):
-            os.killpg(job.pid, signal.SIGKILL)
-    for popen in list(jobs._CHILDREN.values()):
-        if popen.poll() is None:
-            os.killpg(popen.pid, signal.SIGKILL)
-        popen.wait(10)
-    jobs._CHILDREN.clear()
+    kill_job_processes(JobStore(tmp_path))
 
 
 def ok(at) -> None:

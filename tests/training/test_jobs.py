@@ -19,6 +19,7 @@ from training.jobs import JobStore, max_concurrent, worker_command
 
 ROOT = Path(__file__).resolve().parents[2]
 from tests.tiny_models import make_tiny_model
+from tests.helpers import kill_job_processes
 SMALL = {"max_train_rows": 32, "max_eval_rows": 8, "max_test_rows": 8, "eval_every": 0}
 
 
@@ -36,14 +37,7 @@ def store(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")      # tiny models: one thread is faster and fairer on 2 cores
     store = JobStore(tmp_path)
     yield store
-    for job in store.list(reconcile=False):
-        if job.pid and jobs.process_alive(job.pid, job.proc_create_time):
-            os.killpg(job.pid, signal.SIGKILL)
-    for popen in list(jobs._CHILDREN.values()):
-        if popen.poll() is None:
-            os.killpg(popen.pid, signal.SIGKILL)
-        popen.wait(10)
-    jobs._CHILDREN.clear()
+    kill_job_processes(store)
 
 
 def cheap(tiny_bert: str, **extra) -> dict:

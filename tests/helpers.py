@@ -1,0 +1,40 @@
+"""Small assertions and clean-ups shared by several test packages."""
+import base64
+import os
+import signal
+
+import numpy as np
+
+
+def arr(value) -> np.ndarray:
+    """A trace attribute as an array (Plotly 6+ ships numeric arrays as base64 typed arrays)."""
+    if isinstance(value, dict) and "bdata" in value:
+        out = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+        shape = value.get("shape")
+        if isinstance(shape, str):
+            shape = [int(n) for n in shape.split(",")]
+        return out.reshape(shape) if shape else out
+    return np.asarray(value)
+
+
+def assert_clear_error(proc, *needles) -> None:
+    """A CLI bad-input contract: exit 2, exactly one 'error: …' line on stderr naming the needles, no traceback."""
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("\r")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for needle in needles:
+        assert needle.lower() in lines[0].lower(), lines[0]
+
+
+def kill_job_processes(store) -> None:
+    """Kill every worker a JobStore's jobs (or this process) started, so no test leaves processes behind."""
+    from training import jobs
+    for job in store.list(reconcile=False):
+        if job.pid and jobs.process_alive(job.pid, job.proc_create_time):
+            os.killpg(job.pid, signal.SIGKILL)
+    for popen in list(jobs._CHILDREN.values()):
+        if popen.poll() is None:
+            os.killpg(popen.pid, signal.SIGKILL)
+        popen.wait(10)
+    jobs._CHILDREN.clear()
