@@ -4,9 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import pandas as pd
-
-from analysis.cli_common import guarded, tqdm_progress, write_table
+from analysis.cli_common import format_table, guarded, tqdm_progress, write_rows, write_table
 from analysis.types import SpectrascopeError
 
 CONTRACT = ["name", "layer", "module", "rows", "cols", "alpha", "alpha_hill", "xmin", "D", "stable_rank",
@@ -28,13 +26,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def _print_layers(layers: pd.DataFrame, file=sys.stdout) -> None:
-    if layers.empty:
+def _print_layers(layers: list[dict], file=sys.stdout) -> None:
+    if not layers:
         print("(no transformer blocks recognised: no per-layer summary)", file=file)
         return
-    cols = [c for c in ["layer", "alphalora_score", "alpha", "alpha_weighted", "stable_rank",
-                        "log_spectral_norm", "matrices"] if c in layers]
-    print(layers[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"), file=file)
+    cols = ["layer", "alphalora_score", "alpha", "alpha_weighted", "stable_rank", "log_spectral_norm", "matrices"]
+    print(format_table(layers, cols), file=file)
 
 
 def _run_native(args) -> int:
@@ -46,19 +43,19 @@ def _run_native(args) -> int:
         close()
     for flag in res.flags:
         print(f"note: {flag}")
-    table = res.matrices
+    from analysis.engine import COLUMNS, json_rows
     if args.out:
-        write_table(table, args.out, {"model": res.model, "flags": res.flags,
-                                      "layers": res.layers.to_dict(orient="records")})
+        write_rows(res.rows, COLUMNS, args.out, {"model": res.model, "flags": res.flags,
+                                                 "layers": json_rows(res.layer_rows)})
     else:
-        print(table[CONTRACT].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        print(format_table(res.rows, CONTRACT))
         print()
-    ok = int((table["status"] == "ok").sum())
+    ok = sum(r["status"] == "ok" for r in res.rows)
     src = "cache" if res.from_cache else f"{res.elapsed_s:.1f} s"
-    print(f"{res.model}: {ok} of {len(table)} matrices analysed ({src})")
+    print(f"{res.model}: {ok} of {len(res.rows)} matrices analysed ({src})")
     for name, why in res.skipped:
         print(f"skipped {name}: {why}")
-    _print_layers(res.layers)
+    _print_layers(res.layer_rows)
     if args.out:
         print(f"wrote {args.out}")
     return 0

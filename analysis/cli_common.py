@@ -4,11 +4,12 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Callable
-
-import pandas as pd
+from typing import TYPE_CHECKING, Callable
 
 from analysis.types import SpectrascopeError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def guarded(fn: Callable[[], int]) -> int:
@@ -53,8 +54,20 @@ def tqdm_progress(desc: str):
     return update, close
 
 
-def write_table(df: pd.DataFrame, out: str | Path, extra: dict | None = None) -> None:
-    """Write a table as CSV or JSON by extension (JSON: {"rows": [...], **extra})."""
+def _cell(v) -> str:
+    """A CSV / text cell: empty for None and NaN, shortest round-trip repr for floats (as pandas writes)."""
+    if v is None:
+        return ""
+    if isinstance(v, float) or type(v).__name__.startswith("float"):
+        v = float(v)
+        return "" if v != v else repr(v)
+    return str(v)
+
+
+def write_rows(rows: list[dict], columns: list[str], out: str | Path, extra: dict | None = None) -> None:
+    """Write rows (dicts) as CSV or JSON by extension (JSON: {"rows": [...], **extra}), without pandas."""
+    import csv
+    import json
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix not in (".csv", ".json"):
@@ -62,8 +75,29 @@ def write_table(df: pd.DataFrame, out: str | Path, extra: dict | None = None) ->
     if not out.parent.exists():
         raise SpectrascopeError(f"--out {out}: folder {out.parent} does not exist")
     if suffix == ".csv":
-        df.to_csv(out, index=False)
+        with out.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(columns)
+            writer.writerows([_cell(r.get(c)) for c in columns] for r in rows)
     else:
-        import json
-        rows = json.loads(df.to_json(orient="records"))
-        out.write_text(json.dumps({**(extra or {}), "rows": rows}, indent=1))
+        from analysis.engine import json_rows
+        picked = json_rows([{c: r.get(c) for c in columns} for r in rows])
+        out.write_text(json.dumps({**(extra or {}), "rows": picked}, indent=1))
+
+
+def write_table(df: "pd.DataFrame", out: str | Path, extra: dict | None = None) -> None:
+    """Write a DataFrame as CSV or JSON by extension (see write_rows)."""
+    write_rows(df.to_dict(orient="records"), [str(c) for c in df.columns], out, extra)
+
+
+def format_table(rows: list[dict], columns: list[str], digits: int = 4) -> str:
+    """A plain fixed-width text table (floats to `digits` significant figures, right-aligned)."""
+    def fmt(v) -> str:
+        if isinstance(v, float) or type(v).__name__.startswith("float"):
+            return "NaN" if v != v else f"{float(v):.{digits}g}"
+        return "" if v is None else str(v)
+    cells = [[fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = [" ".join(c.rjust(w) for c, w in zip(columns, widths))]
+    lines += [" ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)

@@ -6,22 +6,25 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import pandas as pd
-import torch
 
 from analysis import esd
 from analysis.config import data_dir
 from analysis.metrics import norm_metrics
 from analysis.types import MatrixInfo, SpectrascopeError
 
-ENGINE_VERSION = 3          # bump when any number the engine writes changes meaning
+if TYPE_CHECKING:
+    import pandas as pd
+
+ENGINE_VERSION = 4          # bump when any number the engine writes changes meaning
 NON_BLOCK_KINDS = ("embedding", "head")
 WW_MAX_N = 50_000           # weightwatcher skips matrices with a side longer than this (max_N)
 WW_MAX_EVALS = 15_000       # ... or with more eigenvalues than this (max_evals)
@@ -33,31 +36,53 @@ COLUMNS = ["name", "layer", "module", "rows", "cols", "alpha", "alpha_hill", "xm
            "log_spectral_norm", "num_pl_spikes", "sigma", "alpha_mid", "alpha_hill_xmin", "alpha_hill_D",
            "alpha_weighted", "log_norm", "log_alpha_norm", "entropy", "matrix_rank", "mp_edge", "num_spikes",
            "num_evals", "label", "status", "fit", "dtype", "notes", "ww_comparable"]
+TEXT_COLUMNS = {"name", "module", "label", "status", "fit", "dtype", "notes", "ww_comparable"}
 LAYER_METRICS = ["alpha", "alpha_mid", "alpha_weighted", "log_norm", "log_spectral_norm", "log_alpha_norm",
                  "stable_rank", "entropy", "num_spikes"]
+LAYER_COLUMNS = ["layer", "alphalora_score", "matrices"] + LAYER_METRICS
 
 
 @dataclass
 class AnalysisResult:
-    """Per-matrix table, per-layer summary, eigenvalues, and what was skipped, for one model."""
+    """Per-matrix rows, per-layer summary, eigenvalues, and what was skipped, for one model.
+
+    The rows are plain dicts (COLUMNS keys): the CLI writes them without importing pandas (≈0.25 s of
+    every run); `matrices` and `layers` give them as DataFrames, built on first use.
+    """
 
     model: str
     flags: list[str]
     identity: dict
     settings: dict
-    matrices: pd.DataFrame
-    layers: pd.DataFrame
+    rows: list[dict]
     evals: dict[str, np.ndarray]
     skipped: list[tuple[str, str]] = field(default_factory=list)
     num_parameters: int | None = None
     elapsed_s: float = 0.0
     from_cache: bool = False
 
+    @cached_property
+    def layer_rows(self) -> list[dict]:
+        """One dict per transformer block (see layer_summary)."""
+        return layer_summary(self.rows)
+
+    @cached_property
+    def matrices(self) -> "pd.DataFrame":
+        """One row per matrix, COLUMNS in order."""
+        import pandas as pd
+        return pd.DataFrame(self.rows).reindex(columns=COLUMNS)
+
+    @cached_property
+    def layers(self) -> "pd.DataFrame":
+        """One row per transformer block: layer, alphalora_score, matrices, and the mean of LAYER_METRICS."""
+        import pandas as pd
+        return pd.DataFrame(self.layer_rows, columns=LAYER_COLUMNS)
+
     def layer_scores(self, column: str = "alphalora_score") -> list[float]:
         """AlphaLoRA's per-layer quality score (mean PL_Alpha_Hill of the block's matrices), layer 0..L−1."""
-        return [float(v) for v in self.layers.sort_values("layer")[column]]
+        return [float(r[column]) for r in self.layer_rows]
 
-    def matrix(self, name: str) -> pd.Series:
+    def matrix(self, name: str) -> "pd.Series":
         """The metrics row of one matrix by its checkpoint name."""
         hit = self.matrices[self.matrices["name"] == name]
         if hit.empty:
@@ -67,7 +92,7 @@ class AnalysisResult:
 
 # ---------------------------------------------------------------- one matrix
 
-def analyze_matrix(info: MatrixInfo, W: torch.Tensor, device: str = "cpu",
+def analyze_matrix(info: MatrixInfo, W, device: str = "cpu",
                    evals: np.ndarray | None = None) -> tuple[dict, np.ndarray | None]:
     """All metrics of one matrix; returns (row, eigenvalues) — eigenvalues None when it could not be analysed."""
     row: dict = {"name": info.name, "layer": info.layer, "module": info.module, "rows": info.rows,
@@ -75,8 +100,9 @@ def analyze_matrix(info: MatrixInfo, W: torch.Tensor, device: str = "cpu",
     M, N = min(info.rows, info.cols), max(info.rows, info.cols)
     row["ww_comparable"] = bool(esd.MIN_EVALS <= M <= WW_MAX_EVALS and N <= WW_MAX_N)
     if evals is None:
-        if not bool(torch.isfinite(W).all()):      # one temporary bool tensor; counts only when something is bad
-            n_nan, n_inf = int(torch.isnan(W).sum()), int(torch.isinf(W).sum())
+        W = esd.to_numpy(W)
+        if not np.isfinite(W).all():                # one temporary bool array; counts only when something is bad
+            n_nan, n_inf = int(np.isnan(W).sum()), int(np.isinf(W).sum())
             row["status"] = f"non-finite weights ({n_nan} NaN, {n_inf} Inf): not analysed"
             return row, None
         evals = esd.eigenvalues(W, device=device)
@@ -85,9 +111,9 @@ def analyze_matrix(info: MatrixInfo, W: torch.Tensor, device: str = "cpu",
         row["status"] = f"fewer than {esd.MIN_EVALS} eigenvalues: no power-law fit"
         row.update(norm_metrics(evals, float("nan"), info.rows, info.cols))
         return row, evals
-    ww = esd.alpha_ww(evals, device=device)
-    hill = esd.alpha_hill(evals, "peak", device=device)
-    mid = esd.alpha_hill(evals, "mid", device=device)
+    ww = esd.alpha_ww(evals)
+    hill = esd.alpha_hill(evals, "peak")
+    mid = esd.alpha_hill(evals, "mid")
     row.update(alpha=ww.alpha, xmin=ww.xmin, D=ww.D, num_pl_spikes=ww.num_pl_spikes, sigma=ww.sigma,
                fit=ww.status, alpha_hill=hill.alpha, alpha_hill_xmin=hill.xmin, alpha_hill_D=hill.D,
                alpha_mid=mid.alpha, label=esd.quality_label(ww.alpha), status="ok")
@@ -95,24 +121,31 @@ def analyze_matrix(info: MatrixInfo, W: torch.Tensor, device: str = "cpu",
     return row, evals
 
 
-def _batched_evals(batch: list[torch.Tensor], device: str) -> list[np.ndarray]:
-    """Eigenvalues of several same-shape matrices in one batched eigvalsh (used on CUDA)."""
+def _batched_evals(batch: list[np.ndarray], device: str) -> list[np.ndarray]:
+    """Eigenvalues of several same-shape matrices in one batched eigvalsh in torch (used on CUDA)."""
+    import torch
     if len(batch) == 1:
         return [esd.eigenvalues(batch[0], device=device)]
-    W = torch.stack([w if w.shape[0] >= w.shape[1] else w.T for w in batch]).to(device, torch.float64)
+    tall = [torch.from_numpy(w if w.shape[0] >= w.shape[1] else w.T) for w in batch]
+    W = torch.stack(tall).to(device, torch.float64)
     G = W.transpose(1, 2) @ W                                 # (B, M, M)
     ev = torch.linalg.eigvalsh(G).clamp_min(0.0).cpu().numpy()
     return list(ev)
 
 
-def _analyze_stream(items, device: str, batch_size: int | None, workers: int | None):
-    """Yield (info, (row, evals)) in input order for a stream of (MatrixInfo, tensor)."""
+def _analyze_stream(items, device: str, batch_size: int | None, workers: int | None, budget_bytes: int = 0):
+    """Yield (info, (row, evals)) in input order for a stream of (MatrixInfo, array).
+
+    On CPU, matrices go to a pool of `workers` threads; more are queued while the queued weights fit in
+    `budget_bytes` (the engine passes workers × the largest matrix), so a long matrix at the head of the line
+    does not leave the other threads idle, and memory stays bounded by the budget plus one matrix loading.
+    """
     if device.startswith("cuda") or (batch_size or 1) > 1:
         bs = batch_size or 8
-        pending: list[tuple[MatrixInfo, torch.Tensor]] = []
+        pending: list[tuple[MatrixInfo, np.ndarray]] = []
 
         def flush():
-            good = [(i, w) for i, w in pending if bool(torch.isfinite(w).all())]
+            good = [(i, w) for i, w in pending if np.isfinite(w).all()]
             ev_list = _batched_evals([w for _, w in good], device) if len(good) > 1 else None
             ev_by_name = {i.name: e for (i, _), e in zip(good, ev_list)} if ev_list is not None else {}
             out = [(i, analyze_matrix(i, w, device, evals=ev_by_name.get(i.name))) for i, w in pending]
@@ -132,42 +165,62 @@ def _analyze_stream(items, device: str, batch_size: int | None, workers: int | N
         return
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(limits=1, user_api="blas"):      # one BLAS thread per worker thread
         with ThreadPoolExecutor(max_workers=n) as pool:
             queue: deque = deque()
+            queued = 0                                 # bytes of the weights the pool holds
             for info, W in items:
-                queue.append((info, pool.submit(analyze_matrix, info, W, device)))
-                del W                                  # only the pool keeps it: n matrices + 1 loading in memory
-                while len(queue) >= n:
-                    head, fut = queue.popleft()
+                queue.append((info, W.nbytes, pool.submit(analyze_matrix, info, W, device)))
+                queued += W.nbytes
+                del W                                  # only the pool keeps it
+                while len(queue) >= n and (queued >= budget_bytes or len(queue) >= 8 * n):
+                    head, size, fut = queue.popleft()
+                    queued -= size
                     yield head, fut.result()
             while queue:
-                head, fut = queue.popleft()
+                head, _, fut = queue.popleft()
                 yield head, fut.result()
-    finally:
-        torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------- layers
 
-def layer_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per transformer block: AlphaLoRA score (mean PL_Alpha_Hill over the block's matrices,
-    embeddings and head excluded) and the mean of each metric."""
-    block = df[df["layer"].notna() & ~df["module"].isin(NON_BLOCK_KINDS)]
-    if "alpha_hill" in block:
-        block = block[block["alpha_hill"].notna()]
-    if block.empty:
-        return pd.DataFrame(columns=["layer", "alphalora_score", "matrices"] + LAYER_METRICS)
-    g = block.groupby(block["layer"].astype(int))
-    out = pd.DataFrame({"alphalora_score": g["alpha_hill"].mean(), "matrices": g.size()})
-    for col in LAYER_METRICS:
-        if col in block:
-            out[col] = g[col].mean()
-    out = out.reset_index().rename(columns={"index": "layer"})
-    out["layer"] = out["layer"].astype(int)
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def layer_summary(rows: list[dict]) -> list[dict]:
+    """One dict per transformer block, by layer: AlphaLoRA score (mean PL_Alpha_Hill over the block's matrices,
+    embeddings and head excluded), the number of such matrices, and the mean of each of LAYER_METRICS
+    (missing values skipped, NaN when there are none)."""
+    blocks: dict[int, list[dict]] = {}
+    for r in rows:
+        if _is_number(r.get("layer")) and r.get("module") not in NON_BLOCK_KINDS and _is_number(r.get("alpha_hill")):
+            blocks.setdefault(int(r["layer"]), []).append(r)
+    out = []
+    for layer in sorted(blocks):
+        members = blocks[layer]
+        summary = {"layer": layer, "alphalora_score": float(np.mean([r["alpha_hill"] for r in members])),
+                   "matrices": len(members)}
+        for col in LAYER_METRICS:
+            vals = [float(r[col]) for r in members if _is_number(r.get(col))]
+            summary[col] = float(np.mean(vals)) if vals else float("nan")
+        out.append(summary)
     return out
+
+
+def json_rows(rows: list[dict]) -> list[dict]:
+    """Rows with NaN/inf and NumPy scalars made JSON-safe (None, int, float)."""
+    def clean(v):
+        if isinstance(v, (bool, np.bool_)):
+            return bool(v)
+        if isinstance(v, (int, np.integer)):
+            return int(v)
+        if isinstance(v, (float, np.floating)):
+            return float(v) if math.isfinite(v) else None
+        return v
+    return [{k: clean(v) for k, v in r.items()} for r in rows]
 
 
 # ---------------------------------------------------------------- cache
@@ -184,8 +237,7 @@ def _save_cache(path: Path, result: AnalysisResult) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-"))
     try:
-        result.matrices.to_json(tmp / "matrices.json", orient="records")
-        result.layers.to_json(tmp / "layers.json", orient="records")
+        (tmp / "matrices.json").write_text(json.dumps(json_rows(result.rows)))
         keys = {f"m{i}": n for i, n in enumerate(result.evals)}
         save_file({k: np.ascontiguousarray(result.evals[n]) for k, n in keys.items()} or
                   {"_empty": np.zeros(0)}, str(tmp / "evals.safetensors"))
@@ -206,25 +258,33 @@ def _load_cache(path: Path) -> AnalysisResult | None:
     try:
         meta = json.loads((path / "meta.json").read_text())
         arrays = load_file(str(path / "evals.safetensors"))
-        matrices = pd.read_json(path / "matrices.json", orient="records", dtype=False)
-        layers = pd.read_json(path / "layers.json", orient="records", dtype=False)
+        rows = json.loads((path / "matrices.json").read_text())
+        evals = {name: arrays[k] for k, name in meta["evals_keys"].items()}
     except (OSError, ValueError, KeyError):
         return None                                  # missing or damaged entry: recompute
-    matrices = matrices.reindex(columns=COLUMNS)
-    evals = {name: arrays[k] for k, name in meta["evals_keys"].items()}
+    nan = float("nan")
+    rows = [{k: (nan if v is None and k not in TEXT_COLUMNS else v) for k, v in r.items()} for r in rows]
     return AnalysisResult(model=meta["model"], flags=meta["flags"], identity=meta["identity"],
-                          settings=meta["settings"], matrices=matrices, layers=layers, evals=evals,
+                          settings=meta["settings"], rows=rows, evals=evals,
                           skipped=[tuple(s) for s in meta["skipped"]], num_parameters=meta["num_parameters"],
                           elapsed_s=meta["elapsed_s"], from_cache=True)
 
 
 # ---------------------------------------------------------------- whole model
 
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA GPU; answered without importing torch (≈0.7 s) when no NVIDIA device exists."""
+    if "torch" not in sys.modules and not Path("/dev/nvidiactl").exists() and not Path("/dev/dxg").exists():
+        return False
+    import torch
+    return torch.cuda.is_available()
+
+
 def resolve_device(device: str = "auto") -> str:
     """'auto' → 'cuda' when a GPU is visible, else 'cpu'; an unavailable 'cuda' is a clear error."""
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
+        return "cuda" if cuda_available() else "cpu"
+    if device.startswith("cuda") and not cuda_available():
         raise SpectrascopeError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise SpectrascopeError(f"unknown device {device!r}: use auto, cpu or cuda")
@@ -260,7 +320,9 @@ def analyze(model=None, adapter=None, *, device: str = "auto", use_cache: bool =
     rows: list[dict] = []
     evals: dict[str, np.ndarray] = {}
     skipped: list[tuple[str, str]] = []
-    for info, (row, ev) in _analyze_stream(src.iter_matrices(), device, batch_size, workers):
+    n_workers = workers or min(os.cpu_count() or 1, 4)
+    budget = n_workers * max(4 * i.rows * i.cols for i in infos)     # float32 bytes
+    for info, (row, ev) in _analyze_stream(_arrays(src), device, batch_size, n_workers, budget):
         rows.append(row)
         if ev is not None:
             evals[info.name] = ev
@@ -269,12 +331,13 @@ def analyze(model=None, adapter=None, *, device: str = "auto", use_cache: bool =
         if progress:
             progress(len(rows), len(infos), info.name)
 
-    df = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    nan = float("nan")
+    rows = [{c: row.get(c, nan if c not in TEXT_COLUMNS else None) for c in COLUMNS} for row in rows]
     if src.flags:  # every output row carries the source's caveats (e.g. dequantised 4-bit weights)
-        df["notes"] = ["; ".join([n for n in [str(v) if isinstance(v, str) else ""] + list(src.flags) if n])
-                       for v in df["notes"]]
+        for row in rows:
+            row["notes"] = "; ".join(n for n in [row["notes"] or "", *src.flags] if n)
     result = AnalysisResult(model=src.label, flags=list(src.flags), identity=identity, settings=settings,
-                            matrices=df, layers=layer_summary(df), evals=evals, skipped=skipped,
+                            rows=rows, evals=evals, skipped=skipped,
                             num_parameters=_safe_num_parameters(src), elapsed_s=time.perf_counter() - t0)
     if cache_path is not None:
         try:
@@ -282,6 +345,15 @@ def analyze(model=None, adapter=None, *, device: str = "auto", use_cache: bool =
         except OSError:
             pass                                         # a read-only data dir must not break analysis
     return result
+
+
+def _arrays(src):
+    """(MatrixInfo, float32 NumPy array) pairs of a source (sources without iter_arrays yield torch tensors)."""
+    if hasattr(src, "iter_arrays"):
+        yield from src.iter_arrays()
+    else:
+        for info, W in src.iter_matrices():
+            yield info, esd.to_numpy(W)
 
 
 def _safe_num_parameters(src) -> int | None:

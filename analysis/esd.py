@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 # weightwatcher 0.7.7 constants (weightwatcher/constants.py, WW_powerlaw.py)
 EVALS_THRESH = 1e-5      # eigenvalues at or below this are dropped before the ww fit
@@ -17,31 +16,61 @@ _KS_CHUNK_CELLS = 1 << 22  # cells of the (candidates × eigenvalues) KS block p
 
 # ---------------------------------------------------------------- eigenvalues
 
-def eigenvalues(W: torch.Tensor, device: str | torch.device = "cpu", chunk_rows: int = 4096) -> np.ndarray:
+def to_numpy(W) -> np.ndarray:
+    """A CPU torch tensor (parameters included) or an array-like as a NumPy array, without copying if possible."""
+    if hasattr(W, "detach"):
+        import torch                             # already imported: W is a tensor
+        W = W.detach().cpu()
+        if W.dtype not in (torch.float16, torch.float32, torch.float64):
+            W = W.float()                        # bfloat16, float8, integers: NumPy has no such dtype
+        return W.numpy()
+    return np.asarray(W)
+
+
+def eigenvalues(W, device: str = "cpu", chunk_rows: int = 4096) -> np.ndarray:
     """Eigenvalues of WᵀW (= σ_i² of W), ascending, float64, length min(W.shape).
 
     Gram + eigvalsh in float64: G = Σ_chunks W_cᵀW_c over row chunks of the long side, so the float64
-    copy of W never exists whole; cost N·M² + M³ flops. Measured against svdvals in
-    benchmarks/analysis_speed.py (it is several times faster with the same α to 1e-10).
+    copy of W never exists whole; NumPy hands W_cᵀW_c to BLAS syrk (one triangle), so the cost is
+    N·M² + O(M³) flops. Measured against svdvals in benchmarks/analysis_speed.py (several times faster,
+    the same α to 1e-10). W may be a NumPy array or a torch tensor; device 'cuda…' runs it in torch.
     """
-    W = W.detach()
+    if str(device) != "cpu":
+        return _eigenvalues_torch(W, device, chunk_rows)
+    W = to_numpy(W)
     if W.ndim != 2:
         raise ValueError(f"expected a 2-D matrix, got shape {tuple(W.shape)}")
     if W.shape[0] < W.shape[1]:
         W = W.T                                  # make it tall: (N, M), N >= M, so G is the small M×M side
     N, M = W.shape
+    G = np.zeros((M, M), dtype=np.float64)
+    for start in range(0, N, chunk_rows):
+        chunk = np.ascontiguousarray(W[start:start + chunk_rows], dtype=np.float64)   # (c, M)
+        G += chunk.T @ chunk                     # syrk: chunkᵀ·chunk shares one buffer
+    evals = np.linalg.eigvalsh(G)               # ascending
+    return np.maximum(evals, 0.0)               # round-off can leave tiny negatives: σ² >= 0
+
+
+def _eigenvalues_torch(W, device, chunk_rows: int) -> np.ndarray:
+    """The same Gram + eigvalsh on a torch device (CUDA)."""
+    import torch
+    W = torch.as_tensor(W).detach()
+    if W.ndim != 2:
+        raise ValueError(f"expected a 2-D matrix, got shape {tuple(W.shape)}")
+    if W.shape[0] < W.shape[1]:
+        W = W.T
+    N, M = W.shape
     G = torch.zeros(M, M, dtype=torch.float64, device=device)
     for start in range(0, N, chunk_rows):
-        chunk = W[start:start + chunk_rows].to(device=device, dtype=torch.float64)  # (c, M)
-        G.addmm_(chunk.T, chunk)                 # G += chunkᵀ chunk
-    evals = torch.linalg.eigvalsh(G)            # ascending
-    return evals.clamp_min(0.0).cpu().numpy()  # round-off can leave tiny negatives: σ² >= 0
+        chunk = W[start:start + chunk_rows].to(device=device, dtype=torch.float64)
+        G.addmm_(chunk.T, chunk)
+    return torch.linalg.eigvalsh(G).clamp_min(0.0).cpu().numpy()
 
 
-def eigenvalues_svd(W: torch.Tensor, device: str | torch.device = "cpu") -> np.ndarray:
-    """Reference path: squared singular values from svdvals in float64, ascending."""
-    sv = torch.linalg.svdvals(W.detach().to(device=device, dtype=torch.float64))
-    return torch.flip(sv * sv, dims=[0]).cpu().numpy()
+def eigenvalues_svd(W) -> np.ndarray:
+    """Reference path: squared singular values from an SVD in float64, ascending."""
+    sv = np.linalg.svd(np.asarray(to_numpy(W), dtype=np.float64), compute_uv=False)
+    return (sv * sv)[::-1].copy()
 
 
 # ---------------------------------------------------------------- power-law fit
@@ -66,56 +95,55 @@ class PowerLawFit:
         return PowerLawFit(float("nan"), float("nan"), float("nan"), 0, float("nan"), empty, empty, empty, reason)
 
 
-def _tail_alphas(log_l: torch.Tensor, idx: torch.Tensor, correction: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def _tail_alphas(log_l: np.ndarray, idx: np.ndarray, correction: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Continuous power-law MLE (Hill form) for tails starting at each index in idx.
 
     α_i = 1 + (n_i − correction) / Σ_{j≥i} ln(λ_j/λ_i), n_i = N − i. Suffix sums make it O(N).
     Returns (alphas, log-sum s_i).
     """
     N = log_l.shape[0]
-    suffix = torch.flip(torch.cumsum(torch.flip(log_l, [0]), 0), [0])  # suffix[i] = Σ_{j≥i} ln λ_j
-    n = (N - idx).to(log_l.dtype)
+    suffix = np.cumsum(log_l[::-1])[::-1]                      # suffix[i] = Σ_{j≥i} ln λ_j
+    n = (N - idx).astype(np.float64)
     s = suffix[idx] - n * log_l[idx]
-    return 1.0 + (n - correction) / s, s
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return 1.0 + (n - correction) / s, s
 
 
-def _ks_distances(lam: torch.Tensor, log_l: torch.Tensor, idx: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+def _ks_distances(log_l: np.ndarray, idx: np.ndarray, alphas: np.ndarray) -> np.ndarray:
     """D_i = max_{j≥i} |1 − (λ_j/λ_i)^{1−α_i} − (j−i)/n_i| for every candidate i: a masked (C × N) reduction."""
-    N = lam.shape[0]
-    j = torch.arange(N, device=lam.device)
-    out = torch.empty(idx.shape[0], dtype=lam.dtype, device=lam.device)
+    N = log_l.shape[0]
+    j = np.arange(N)
+    out = np.empty(idx.shape[0], dtype=np.float64)
     step = max(1, _KS_CHUNK_CELLS // max(N, 1))
     for a in range(0, idx.shape[0], step):
         i = idx[a:a + step, None]                               # (c, 1)
         al = alphas[a:a + step, None]                           # (c, 1)
-        n = (N - i).to(lam.dtype)
-        diff = (log_l[None, :] - log_l[i]).clamp_min(0.0)       # (c, N): ln(λ_j/λ_i), 0 left of the tail
-        theo = 1.0 - torch.exp((1.0 - al) * diff)               # fitted CDF
-        emp = (j[None, :] - i).to(lam.dtype) / n                # empirical CDF (j−i)/n
-        gap = torch.where(j[None, :] >= i, (theo - emp).abs(), torch.zeros((), dtype=lam.dtype, device=lam.device))
-        out[a:a + step] = gap.amax(dim=1)
+        n = (N - i).astype(np.float64)
+        diff = np.maximum(log_l[None, :] - log_l[i], 0.0)       # (c, N): ln(λ_j/λ_i), 0 left of the tail
+        gap = 1.0 - np.exp((1.0 - al) * diff)                   # fitted CDF ...
+        gap -= (j[None, :] - i) / n                             # ... minus the empirical CDF (j−i)/n
+        np.abs(gap, out=gap)
+        gap[j[None, :] < i] = 0.0                               # only the tail j ≥ i counts
+        out[a:a + step] = gap.max(axis=1)
     return out
 
 
-def _fit(lam: np.ndarray, idx: np.ndarray, device: str | torch.device = "cpu") -> PowerLawFit:
+def _fit(lam: np.ndarray, idx: np.ndarray) -> PowerLawFit:
     """Fit on ascending eigenvalues lam with xmin candidates lam[idx] (idx ⊂ 0..N−2); choose argmin D."""
     if idx.size == 0:
         return PowerLawFit.failed("no xmin candidates")
-    t = torch.as_tensor(lam, dtype=torch.float64, device=device)
-    log_l = torch.log(t)
-    ti = torch.as_tensor(idx, dtype=torch.long, device=device)
-    alphas, _ = _tail_alphas(log_l, ti)
-    Ds = torch.ones_like(alphas)
+    log_l = np.log(lam)
+    alphas, _ = _tail_alphas(log_l, idx)
+    Ds = np.ones_like(alphas)
     ok = alphas > 1.0                                           # α ≤ 1 is not a normalisable power law
-    if bool(ok.any()):
-        Ds[ok] = _ks_distances(t, log_l, ti[ok], alphas[ok])
-    best = int(torch.argmin(Ds))                                # first minimum, as np.argmin
+    if ok.any():
+        Ds[ok] = _ks_distances(log_l, idx[ok], alphas[ok])
+    best = int(np.argmin(Ds))                                   # first minimum, as weightwatcher
     i = int(idx[best])
     n = lam.shape[0] - i
     alpha = float(alphas[best])
     return PowerLawFit(alpha=alpha, xmin=float(lam[i]), D=float(Ds[best]), num_pl_spikes=int(n),
-                       sigma=(alpha - 1.0) / np.sqrt(n), candidates=lam[idx], alphas=alphas.cpu().numpy(),
-                       Ds=Ds.cpu().numpy())
+                       sigma=(alpha - 1.0) / np.sqrt(n), candidates=lam[idx], alphas=alphas, Ds=Ds)
 
 
 def _fit_small_n(lam: np.ndarray) -> PowerLawFit:
@@ -126,28 +154,27 @@ def _fit_small_n(lam: np.ndarray) -> PowerLawFit:
     so the reported fit is the argmin-D one; if no tail qualifies, the whole sample (i = 0) is fitted.
     """
     N = lam.shape[0]
-    t = torch.as_tensor(lam, dtype=torch.float64)
-    log_l = torch.log(t)
-    idx = torch.arange(N - 1)
+    log_l = np.log(lam)
+    idx = np.arange(N - 1)
     alphas, s = _tail_alphas(log_l, idx, correction=1.0)
-    n = (N - idx).to(torch.float64)
+    n = (N - idx).astype(np.float64)
     valid = (n >= SMALL_N_K_MIN) & (s > 1e-12) & (alphas > 1.0)
-    Ds = torch.ones_like(alphas)
-    if bool(valid.any()):
-        Ds[valid] = _ks_distances(t, log_l, idx[valid], alphas[valid])
+    Ds = np.ones_like(alphas)
+    if valid.any():
+        Ds[valid] = _ks_distances(log_l, idx[valid], alphas[valid])
     elif float(s[0]) > 1e-12:
-        Ds[0] = _ks_distances(t, log_l, idx[:1], alphas[:1])[0]
+        Ds[0] = _ks_distances(log_l, idx[:1], alphas[:1])[0]
     else:
-        return PowerLawFit(1.0, float(lam[0]), 1.0, N, 0.0, lam[:-1], alphas.numpy(), Ds.numpy(), "degenerate")
-    best = int(torch.argmin(Ds))
+        return PowerLawFit(1.0, float(lam[0]), 1.0, N, 0.0, lam[:-1], alphas, Ds, "degenerate")
+    best = int(np.argmin(Ds))
     alpha = float(alphas[best])
     n_best = N - best
     return PowerLawFit(alpha=alpha, xmin=float(lam[best]), D=float(Ds[best]), num_pl_spikes=int(n_best),
-                       sigma=(alpha - 1.0) / np.sqrt(n_best), candidates=lam[:-1], alphas=alphas.numpy(),
-                       Ds=Ds.numpy(), status="small-sample fit")
+                       sigma=(alpha - 1.0) / np.sqrt(n_best), candidates=lam[:-1], alphas=alphas,
+                       Ds=Ds, status="small-sample fit")
 
 
-def alpha_ww(evals: np.ndarray, thresh: float = EVALS_THRESH, device: str | torch.device = "cpu") -> PowerLawFit:
+def alpha_ww(evals: np.ndarray, thresh: float = EVALS_THRESH) -> PowerLawFit:
     """weightwatcher-exact α (analyze() defaults: fit='PL', pl_package='ww').
 
     Keep λ > thresh; every kept λ except the largest is an xmin candidate; choose the xmin with the
@@ -159,7 +186,7 @@ def alpha_ww(evals: np.ndarray, thresh: float = EVALS_THRESH, device: str | torc
         return PowerLawFit.failed(f"only {lam.size} eigenvalues above {thresh:g}")
     if lam.size < SMALL_N_CUTOFF:
         return _fit_small_n(lam)
-    return _fit(lam, np.arange(lam.size - 1), device)
+    return _fit(lam, np.arange(lam.size - 1))
 
 
 def hill_peak_xmin(lam: np.ndarray, bins: int = HILL_BINS) -> float:
@@ -168,8 +195,7 @@ def hill_peak_xmin(lam: np.ndarray, bins: int = HILL_BINS) -> float:
     return float(10.0 ** edges[int(np.argmax(counts))])
 
 
-def alpha_hill(evals: np.ndarray, xmin: str = "peak", bins: int = HILL_BINS,
-               device: str | torch.device = "cpu") -> PowerLawFit:
+def alpha_hill(evals: np.ndarray, xmin: str = "peak", bins: int = HILL_BINS) -> PowerLawFit:
     """PL_Alpha_Hill (TempBalance / AlphaLoRA / AlphaPruning `net_esd_estimator`).
 
     xmin='peak' ('xmin_peak', AlphaLoRA): candidates are λ_i ≤ 1.5·xmin_peak. The reference code also
@@ -183,7 +209,7 @@ def alpha_hill(evals: np.ndarray, xmin: str = "peak", bins: int = HILL_BINS,
     if lam.size < 2:
         return PowerLawFit.failed("fewer than 2 positive eigenvalues")
     if xmin == "mid":
-        return _fit(lam, np.array([lam.size // 2]), device)
+        return _fit(lam, np.array([lam.size // 2]))
     if xmin != "peak":
         raise ValueError(f"unknown xmin rule {xmin!r}: use 'peak' or 'mid'")
     peak = hill_peak_xmin(lam, bins)
@@ -192,7 +218,7 @@ def alpha_hill(evals: np.ndarray, xmin: str = "peak", bins: int = HILL_BINS,
     idx = np.nonzero(keep)[0]
     if idx.size == 0:   # the reference then returns alphas[0] = 0 with D = 1; report it as a failed fit
         return PowerLawFit.failed("no xmin candidates near the ESD peak")
-    return _fit(lam, idx, device)
+    return _fit(lam, idx)
 
 
 def quality_label(alpha: float) -> str:

@@ -6,21 +6,27 @@ import json
 import math
 import os
 import re
+import sys
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import torch
+import numpy as np
 
 from .builtin_models import BUILTINS, builtin_folder, builtin_for_folder, converted_gguf_folder, read_marker, resolve_builtin
 from .config import DEFAULT_MODEL, data_dir
+from .esd import to_numpy
 from .naming import is_conv1d_name, layer_index, module_kind, module_path
 from .types import MatrixInfo, SourceError
+
+if TYPE_CHECKING:
+    import torch
 
 WEIGHT_TYPES = "*.safetensors (or model.safetensors.index.json), *.bin (or pytorch_model.bin.index.json), *.gguf"
 CONV1D_MODEL_TYPES = {"gpt2", "imagegpt", "decision_transformer"}
 _SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
                        "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32",
                        "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+_NUMPY_DTYPES = {"F64", "F32", "F16"}     # read with safetensors' NumPy backend: no torch import needed
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -44,6 +50,7 @@ class SafetensorsReader:
         self.files = files
         self.entries: dict[str, tuple[tuple[int, ...], str]] = {}
         self._file_of: dict[str, Path] = {}
+        self._codes: dict[str, str] = {}     # safetensors dtype codes (F32, BF16, ...)
         for file in files:
             with self._open(file) as handle:
                 for name in handle.keys():
@@ -53,24 +60,35 @@ class SafetensorsReader:
                     dtype = piece.get_dtype()
                     self.entries[name] = (tuple(piece.get_shape()), _SAFETENSORS_DTYPES.get(dtype, dtype.lower()))
                     self._file_of[name] = file
+                    self._codes[name] = dtype
 
     @staticmethod
-    def _open(file: Path):
+    def _open(file: Path, framework: str = "numpy"):
         from safetensors import safe_open
         try:
-            return safe_open(str(file), framework="pt")
+            return safe_open(str(file), framework=framework)
         except Exception as e:
             raise SourceError(f"{file} is truncated or not a safetensors file; re-download or re-save it ({e})") from e
 
-    def get(self, name: str) -> torch.Tensor:
+    def _read(self, name: str, framework: str):
         file = self._file_of[name]
         try:
-            with self._open(file) as handle:
+            with self._open(file, framework) as handle:
                 return handle.get_tensor(name)
         except SourceError:
             raise
         except Exception as e:
             raise SourceError(f"{file} is truncated or not a safetensors file; re-download or re-save it ({e})") from e
+
+    def get(self, name: str) -> "torch.Tensor":
+        """One tensor as stored (dtype kept)."""
+        return self._read(name, "pt")
+
+    def get_array(self, name: str) -> np.ndarray:
+        """One floating-point tensor as NumPy (float16/32/64 as stored, bfloat16 and float8 upcast to float32)."""
+        if self._codes[name] in _NUMPY_DTYPES:
+            return self._read(name, "numpy")
+        return to_numpy(self.get(name))
 
 
 class TorchBinReader:
@@ -78,14 +96,15 @@ class TorchBinReader:
 
     def __init__(self, files: list[Path]):
         self.files = files
-        self._tensors: dict[str, torch.Tensor] = {}
+        self._tensors: dict[str, "torch.Tensor"] = {}
         for file in files:
             for name, tensor in self._load(file).items():
                 self._tensors.setdefault(name, tensor)
         self.entries = {name: (tuple(t.shape), str(t.dtype).removeprefix("torch.")) for name, t in self._tensors.items()}
 
     @staticmethod
-    def _load(file: Path) -> dict[str, torch.Tensor]:
+    def _load(file: Path) -> dict[str, "torch.Tensor"]:
+        import torch
         try:
             try:
                 state = torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)
@@ -103,14 +122,17 @@ class TorchBinReader:
             raise SourceError(f"{file} does not hold a state dict (found {type(state).__name__})")
         return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
-    def get(self, name: str) -> torch.Tensor:
+    def get(self, name: str) -> "torch.Tensor":
         return self._tensors[name]
+
+    def get_array(self, name: str) -> np.ndarray:
+        return to_numpy(self._tensors[name])
 
 
 class ModuleReader:
     """An in-memory nn.Module: its parameters (shared ones once)."""
 
-    def __init__(self, module: torch.nn.Module):
+    def __init__(self, module: "torch.nn.Module"):
         self.module = module
         self.files: list[Path] = []
         self._params = dict(module.named_parameters())
@@ -118,8 +140,12 @@ class ModuleReader:
         self.conv1d = {f"{m_name}.weight" if m_name else "weight"
                        for m_name, m in module.named_modules() if type(m).__name__ == "Conv1D"}
 
-    def get(self, name: str) -> torch.Tensor:
+    def get(self, name: str) -> "torch.Tensor":
+        import torch
         return self._params[name].detach().to("cpu", torch.float32, copy=True)
+
+    def get_array(self, name: str) -> np.ndarray:
+        return self.get(name).numpy()
 
 
 # ------------------------------------------------------------------------------------------- LoRA
@@ -218,11 +244,11 @@ class LoraAdapter:
             return tuple(self.reader.entries[self.replaced[base_name]][0])
         return tuple(base.reader.entries[base_name][0])
 
-    def delta(self, base_name: str) -> torch.Tensor:
+    def delta(self, base_name: str) -> np.ndarray:
         """scale·B·A for one base tensor, in the base tensor's stored layout, float32."""
         a_name, b_name, scale, embedding, transpose = self.targets[base_name]
-        a = self.reader.get(a_name).to(torch.float32)
-        b = self.reader.get(b_name).to(torch.float32)
+        a = self.reader.get_array(a_name).astype(np.float32, copy=False)
+        b = self.reader.get_array(b_name).astype(np.float32, copy=False)
         update = b @ a
         if embedding or transpose:
             update = update.T
@@ -321,23 +347,34 @@ class ModelSource:
             self._infos, self.skipped = infos, skipped
         return list(self._infos.values())
 
-    def load(self, name: str) -> torch.Tensor:
-        """One matrix as a 2-D float32 CPU tensor shaped (out, in), LoRA merged if any."""
+    def load_array(self, name: str) -> np.ndarray:
+        """One matrix as a 2-D float32 C-contiguous NumPy array shaped (out, in), LoRA merged if any."""
         self.matrices()
         if name not in self._infos:
             raise SourceError(f"{self.label} has no 2-D weight matrix named {name!r}")
         if self.adapter is not None and name in self.adapter.replaced:
-            tensor = self.adapter.reader.get(self.adapter.replaced[name]).to(torch.float32)
+            array = self.adapter.reader.get_array(self.adapter.replaced[name])
         else:
-            tensor = self.reader.get(name).to(torch.float32)
+            array = self.reader.get_array(name)
+        array = array.astype(np.float32, copy=False)
         if self.adapter is not None and name in self.adapter.targets:
-            tensor = tensor + self.adapter.delta(name)
+            array = array + self.adapter.delta(name)
         if name in self._transposed:
-            tensor = tensor.T
-        return tensor.contiguous()
+            array = array.T
+        return np.ascontiguousarray(array)
 
-    def iter_matrices(self) -> Iterator[tuple[MatrixInfo, torch.Tensor]]:
-        """(MatrixInfo, tensor) pairs, loaded one at a time."""
+    def load(self, name: str) -> "torch.Tensor":
+        """The same matrix as a torch float32 CPU tensor."""
+        import torch
+        return torch.from_numpy(self.load_array(name))
+
+    def iter_arrays(self) -> Iterator[tuple[MatrixInfo, np.ndarray]]:
+        """(MatrixInfo, float32 array) pairs, loaded one at a time: the engine's path (no torch import)."""
+        for info in self.matrices():
+            yield info, self.load_array(info.name)
+
+    def iter_matrices(self) -> Iterator[tuple[MatrixInfo, "torch.Tensor"]]:
+        """(MatrixInfo, torch tensor) pairs, loaded one at a time."""
         for info in self.matrices():
             yield info, self.load(info.name)
 
@@ -369,8 +406,9 @@ class ModelSource:
         return f"ModelSource({self.label!r}, kind={self.kind!r})"
 
 
-def _module_fingerprint(module: torch.nn.Module) -> str:
+def _module_fingerprint(module: "torch.nn.Module") -> str:
     """A cheap content hash of a module's weights (names, shapes and a strided sample of values)."""
+    import torch
     digest = hashlib.sha1()
     with torch.no_grad():
         for name, param in module.named_parameters():
@@ -474,7 +512,8 @@ def _resolve_path(spec: str | os.PathLike) -> tuple[Path, str]:
 def _open_base(model, trust_remote_code: bool) -> ModelSource:
     if model is None:
         model = DEFAULT_MODEL
-    if isinstance(model, torch.nn.Module):
+    torch = sys.modules.get("torch")         # an nn.Module can only exist if torch is imported already
+    if torch is not None and isinstance(model, torch.nn.Module):
         config = model.config.to_dict() if hasattr(getattr(model, "config", None), "to_dict") else None
         return ModelSource(type(model).__name__, ModuleReader(model), kind="module", config=config,
                            extra_identity={"class": f"{type(model).__module__}.{type(model).__qualname__}",

@@ -39,17 +39,14 @@ def run(cmd: list[str], env: dict | None = None) -> tuple[float, int, str]:
 
 def pooled(fn, mats) -> float:
     """Seconds to run fn over mats with the engine's CPU arrangement: a thread per core, 1 BLAS thread each."""
-    import torch
     from concurrent.futures import ThreadPoolExecutor
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(limits=1, user_api="blas"):
         t0 = time.perf_counter()
         with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 4)) as pool:
             list(pool.map(fn, mats))
         return time.perf_counter() - t0
-    finally:
-        torch.set_num_threads(threads)
 
 
 def build_llama_110m(path: Path) -> None:
@@ -86,7 +83,7 @@ def compare(label: str, model_arg: str, folder: Path, data: Path) -> dict:
 
     os.environ["SPECTRASCOPE_DATA"] = str(data)
     src = open_source(model_arg)
-    mats = [w for _, w in src.iter_matrices()]
+    mats = [w for _, w in src.iter_arrays()]
     t_eig = pooled(esd.eigenvalues, mats)      # the same thread arrangement the engine uses on CPU
     t_svd = pooled(esd.eigenvalues_svd, mats)
     t0 = time.perf_counter()

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -58,10 +57,9 @@ def synthetic_result(n_layers: int = 32, n_evals: int = 4096, seed: int = 0) -> 
                    "status": "ok", "fit": "ok", "dtype": "bfloat16", "notes": "", "ww_comparable": True}
             row.update(norm_metrics(ev, a, r, c))
             rows.append(row)
-    df = pd.DataFrame(rows).reindex(columns=engine.COLUMNS)
     return engine.AnalysisResult(model="synthetic LLaMA-2-7B-like (32 × 7)", flags=[],
-                                 identity={"synthetic": seed}, settings={}, matrices=df,
-                                 layers=engine.layer_summary(df), evals=evals, num_parameters=6_738_415_616,
+                                 identity={"synthetic": seed}, settings={}, rows=rows,
+                                 evals=evals, num_parameters=6_738_415_616,
                                  elapsed_s=0.0, from_cache=True)
 
 

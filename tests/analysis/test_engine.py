@@ -1,5 +1,9 @@
 """The spectral engine end to end: weightwatcher cross-checks, streaming vs in-memory, cache, bad weights."""
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,6 +15,8 @@ from analysis import engine
 from analysis.sources import open_source
 from analysis.types import SpectrascopeError
 from analysis.ww_oracle import match_names, run_weightwatcher
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny_llama(seed: int = 0) -> transformers.PreTrainedModel:
@@ -140,3 +146,17 @@ def test_threaded_cpu_path_equals_sequential():
     np.testing.assert_allclose(seq["alpha"].astype(float), par["alpha"].astype(float), rtol=0, atol=0,
                                equal_nan=True)
     assert torch.get_num_threads() == threads                         # the global setting is restored
+
+
+def test_cli_analysis_of_a_safetensors_checkpoint_imports_neither_torch_nor_pandas(tmp_path):
+    """The CLI's fast path is NumPy + safetensors only: importing torch and pandas costs ~0.9 s of every run."""
+    out = tmp_path / "out.csv"
+    code = ("import sys; sys.argv = ['analysis', 'analyze', '--no-cache', '--out', sys.argv[1]]; "
+            "from analysis.__main__ import main; rc = main(sys.argv[1:]); "
+            "print(rc, 'torch' in sys.modules, 'pandas' in sys.modules)")
+    env = {**os.environ, "SPECTRASCOPE_DATA": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "0 False False"
+    table = pd.read_csv(out)
+    assert (table["status"] == "ok").sum() == 39 and table["alpha"].notna().sum() == 39

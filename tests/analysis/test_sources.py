@@ -4,6 +4,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -54,6 +55,10 @@ def assert_streams_equal(source, expected, transposed=()):
         assert torch.equal(tensor, want.float()), info.name
         seen.add(info.name)
     assert seen == set(expected)
+    for info, array in source.iter_arrays():          # the engine's NumPy path gives the very same numbers
+        want = expected[info.name].T if info.name in transposed else expected[info.name]
+        assert array.dtype == np.float32 and array.flags.c_contiguous
+        assert np.array_equal(array, want.float().numpy()), info.name
 
 
 # ---------------------------------------------------------------------------------------------- folders
@@ -149,6 +154,14 @@ def test_bin_checkpoint_and_bf16_upcast(tmp_path, monkeypatch):
         assert {i.dtype for i in infos} == {"bfloat16"}
         assert_streams_equal(source, matrices_2d(model))
     assert open_source(folder / "pytorch_model.bin").hf_folder() == folder
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_safetensors_upcast(tmp_path, dtype):
+    model = tiny_llama().to(dtype)
+    source = open_source(saved(model, tmp_path / "half"))
+    assert {i.dtype for i in source.matrices()} == {str(dtype).removeprefix("torch.")}
+    assert_streams_equal(source, matrices_2d(model))
 
 
 def test_single_safetensors_file(tmp_path):
