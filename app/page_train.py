@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from datetime import datetime
@@ -14,7 +15,7 @@ import streamlit as st
 from analysis.config import DEFAULT_MODEL, data_dir
 from analysis.types import SpectrascopeError
 from app import common
-from training.jobs import NAME_RE, JobStore, default_name, read_jsonl
+from training.jobs import NAME_RE, JobStore, default_name, gpu_count, read_jsonl
 from training.trainer import DEFAULT_LR, METHODS, TrainConfig
 
 try:
@@ -295,7 +296,7 @@ def run_form(store: JobStore) -> None:
     eval_every = r[3].number_input("Validate every", 0, 10**6, step=10, key=_default("eval_every", DEFAULTS.eval_every),
                                    help="Steps between validation passes (0: only at the end)")
     with r[4].popover("More", icon=":material/tune:", width="stretch",
-                     help="LoRA alpha, dropout, warm-up, weight decay, load balance, best pass, device"):
+                     help="LoRA alpha, dropout, warm-up, weight decay, load balance, best pass, device, processes"):
         alpha = st.number_input("LoRA alpha", 0.0, 4096.0, key=_default("alpha", DEFAULTS.alpha),
                                 placeholder="2 × rank", disabled=method == "full")
         dropout = st.number_input("Dropout", 0.0, 0.9, step=0.05, key=_default("dropout", DEFAULTS.dropout))
@@ -305,6 +306,14 @@ def run_form(store: JobStore) -> None:
                                   key=_default("balance", DEFAULTS.load_balance_coef), disabled=method != "moe_lora")
         keep_best = st.checkbox("Keep the best validation pass", key=_default("keep_best", DEFAULTS.keep_best))
         device = st.selectbox("Device", ["auto", "cpu", "cuda"], key=_default("device", DEFAULTS.device))
+        gpus = gpu_count()
+        if gpus:
+            procs = st.number_input("GPUs per run", 1, gpus, key=_default("gpus", 1),
+                                    help="More than one: data-parallel processes under torchrun, one per GPU")
+        else:
+            procs = st.number_input("Data-parallel processes", 1, max(1, os.cpu_count() or 1),
+                                    key=_default("cpu_processes", DEFAULTS.cpu_processes),
+                                    help="No GPU here: this many CPU processes (torchrun, gloo) share each batch")
     st.markdown("**Allocation**")
     allocation, problems = allocation_section(method, model)
     for problem in problems:
@@ -319,7 +328,7 @@ def run_form(store: JobStore) -> None:
                 eval_every=eval_every, **rows)
     config = {"method": method, "model": None if model == DEFAULT_MODEL else model, "task": task, "lr": lr,
               "warmup_ratio": float(warmup), "weight_decay": float(decay), "dropout": float(dropout), "alpha": alpha,
-              "keep_best": bool(keep_best), "device": device,
+              "keep_best": bool(keep_best), "device": device, ("gpus" if gpus else "cpu_processes"): int(procs),
               **{k: None if v is None else int(v) for k, v in ints.items()}}
     if method == "moe_lora":
         config["load_balance_coef"] = float(balance)

@@ -24,6 +24,8 @@ SUBMIT_OPTIONS = [
     ("--max-eval-rows", "max_eval_rows", int, "validation rows (default 300)"),
     ("--max-test-rows", "max_test_rows", int, "test rows (default 1000)"),
     ("--eval-every", "eval_every", int, "steps between validation passes (default 50, 0: only at the end)"),
+    ("--gpus", "gpus", int, "GPUs for this job; more than one runs data-parallel processes under torchrun"),
+    ("--cpu-processes", "cpu_processes", int, "data-parallel processes on a machine without GPUs (default 1)"),
 ]
 
 

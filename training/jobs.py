@@ -166,12 +166,29 @@ def max_concurrent() -> int:
         raise SpectrascopeError(f"SPECTRASCOPE_MAX_JOBS must be a positive integer, got {raw!r}") from None
 
 
-def worker_command(job_id: int, gpus: int = 1) -> list[str]:
-    """The argument list that runs one job: the worker module, or `accelerate launch` of it on several GPUs."""
-    if gpus > 1:
-        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus),
-                "--module", "training.worker", "--job", str(job_id)]
+def worker_command(job_id: int, processes: int = 1) -> list[str]:
+    """The argument list that runs one job: the worker module, or torchrun of it as `processes` data-parallel
+    ranks (one per GPU; see training.distributed for why torchrun rather than accelerate launch)."""
+    if processes > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+                "-m", "training.worker", "--job", str(job_id)]
     return [sys.executable, "-m", "training.worker", "--job", str(job_id)]
+
+
+def job_processes(config: dict) -> int:
+    """How many processes a job runs as: its GPUs on a GPU machine, else its cpu_processes."""
+    key = "gpus" if gpu_count() else "cpu_processes"
+    return max(1, int(config.get(key) or 1))
+
+
+def check_machine(config: dict) -> None:
+    """A job asking for more GPUs than this machine has can never start: say so at submit."""
+    gpus = int(config.get("gpus") or 1)
+    have = gpu_count()
+    if gpus > 1 and gpus > have:
+        where = f"this machine has {have} GPU{'s' if have != 1 else ''}" if have else "this machine has no GPU"
+        hint = "; on CPU use cpu_processes for data-parallel processes" if not have else ""
+        raise SpectrascopeError(f"gpus={gpus}: {where}; ask for at most {max(have, 1)}{hint}")
 
 
 class JobStore:
@@ -221,6 +238,7 @@ class JobStore:
             validate_name(given)            # cheap checks first: a bad name never loads the data
         clean = prepare_config(config)
         clean.pop("name", None)
+        check_machine(clean)
         name = validate_name(given if given is not None else default_name(clean))
         now = time.time()
         with self._connect() as con:
@@ -312,10 +330,13 @@ class JobStore:
         env.setdefault("HF_HUB_OFFLINE", "1")
         if devices:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
+        processes = job_processes(job.config)
+        if processes > 1 and not devices:   # CPU ranks share the cores instead of each taking all of them
+            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
         now = time.time()
         try:
             with open(run_dir / "worker.log", "ab") as log:
-                popen = subprocess.Popen(worker_command(job.id, len(devices)), stdout=log, stderr=subprocess.STDOUT,
+                popen = subprocess.Popen(worker_command(job.id, processes), stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, cwd=PROJECT_ROOT, env=env,
                                          start_new_session=True)
         except OSError as exc:

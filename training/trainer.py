@@ -53,7 +53,8 @@ class TrainConfig:
     allocation: dict | None = None         # an allocation JSON (rank_pattern for LoRA, experts for MoE-LoRA)
     allocation_file: str | None = None     # read into `allocation` by prepare_config
     device: str = "auto"                   # auto | cpu | cuda
-    gpus: int = 1                          # GPUs per job (more than one: accelerate launch)
+    gpus: int = 1                          # GPUs per job (more than one: data parallel, one process per GPU)
+    cpu_processes: int = 1                 # data-parallel processes of a job on a machine without GPUs
     name: str | None = None
 
     @classmethod
@@ -72,7 +73,7 @@ class TrainConfig:
     def check(self) -> None:
         if self.method not in METHODS:
             raise SpectrascopeError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
-        for name in ("epochs", "batch_size", "max_length", "rank", "experts", "top_k", "gpus"):
+        for name in ("epochs", "batch_size", "max_length", "rank", "experts", "top_k", "gpus", "cpu_processes"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise SpectrascopeError(f"{name} must be a positive integer, got {value!r}")
@@ -86,9 +87,6 @@ class TrainConfig:
             raise SpectrascopeError(f"lr must be a number in (0, 1), got {self.lr!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise SpectrascopeError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
-        if self.gpus > 1:
-            raise SpectrascopeError("gpus > 1: multi-GPU (accelerate launch) training is not supported yet; "
-                                    "use gpus: 1")
         if self.device not in ("auto", "cpu", "cuda"):
             raise SpectrascopeError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
@@ -353,14 +351,15 @@ def pick_device(choice: str) -> torch.device:
     return torch.device("cuda" if choice != "cpu" and torch.cuda.is_available() else "cpu")
 
 
-def write_manifest(run_dir: Path, cfg: TrainConfig, folder: Path, rows: dict, decoder: bool) -> dict:
+def write_manifest(run_dir: Path, cfg: TrainConfig, folder: Path, rows: dict, decoder: bool,
+                   processes: int = 1) -> dict:
     """manifest.json: the config, seed, allocation, model folder, package versions and the data hash."""
     from importlib.metadata import version
 
     manifest = {
         "config": asdict(cfg), "seed": cfg.seed, "method": cfg.method, "allocation": cfg.allocation,
         "model": cfg.model or DEFAULT_MODEL, "model_folder": str(folder), "decoder": decoder, "task": cfg.task,
-        "rows": {split: len(r) for split, r in rows.items()}, "data_hash": data_hash(rows),
+        "rows": {split: len(r) for split, r in rows.items()}, "data_hash": data_hash(rows), "processes": processes,
         "versions": {"python": platform.python_version(),
                      **{name: version(name) for name in ("torch", "transformers", "peft", "accelerate")}},
         "created": time.time(),
@@ -384,28 +383,46 @@ def train(config: dict, run_dir: str | Path, progress: Callable[[dict], None] | 
     `progress(dict)` gets step, total_steps, epoch, loss, lr, tokens_per_s (and "eval" on validation steps);
     `should_stop()` is polled every step: when it answers True the run ends with status "cancelled" and no
     artifacts. The result holds status, steps, validation (best pass) and test metrics, parameter counts.
+    Under torchrun (WORLD_SIZE > 1) this is one rank of a data-parallel job (see training.distributed):
+    rank 0 reports progress and writes the manifest, artifacts and test metrics.
     """
-    from transformers import AutoConfig
-
-    from training import data
+    from training import distributed
 
     started = time.time()
-    progress = progress or (lambda _: None)
-    should_stop = should_stop or (lambda: False)
+    ranks = distributed.launched_ranks()
+    progress = progress if progress is not None and ranks.main else (lambda _: None)
+    local_stop = should_stop or (lambda: False)
     cfg = TrainConfig.from_dict(prepare_config(config))
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    device = pick_device(cfg.device)
+    device = distributed.setup(ranks, pick_device(cfg.device))
+    try:
+        return _train(cfg, run_dir, progress, local_stop, ranks, device, started)
+    finally:
+        distributed.teardown(ranks)
+
+
+def _train(cfg: TrainConfig, run_dir: Path, progress, local_stop, ranks, device, started: float) -> dict:
+    """The body of train() for one process (rank) of a job."""
+    from transformers import AutoConfig
+
+    from training import data, distributed
+
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
+
+    def stop_now() -> bool:          # the same answer on every rank, asked at the same points of the loop
+        return distributed.agree(local_stop(), ranks, device)
 
     folder = model_folder(cfg.model)
     task = load_task(cfg)
     rows = split_rows(task, cfg)
     decoder = is_decoder(AutoConfig.from_pretrained(folder))
-    write_manifest(run_dir, cfg, folder, rows, decoder)
+    if ranks.main:
+        write_manifest(run_dir, cfg, folder, rows, decoder, ranks.world)
     model, tokenizer = build_model(cfg, folder, task, decoder)
     model = attach_method(cfg, model, decoder).to(device)
+    step_model = distributed.wrap(model, ranks, device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable, n_total = sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters())
 
@@ -420,8 +437,9 @@ def train(config: dict, run_dir: str | Path, progress: Callable[[dict], None] | 
     if cfg.method == "moe_lora":
         from training.moe_lora import load_balance_loss as balance
 
-    def validate() -> dict:
-        return evaluate(model, task, rows["validation"], tokenizer, cfg, decoder, device, should_stop)
+    def validate() -> dict:          # every rank scores the whole validation set: they decide alike
+        return evaluate(model, task, rows["validation"], tokenizer, cfg, decoder, device,
+                        None if ranks.distributed else local_stop)
 
     step, stopped, best, best_step, best_state, last_losses = 0, False, None, 0, None, []
     model.train()
@@ -430,12 +448,16 @@ def train(config: dict, run_dir: str | Path, progress: Callable[[dict], None] | 
         for batch in data.batches(train_encoded, cfg.batch_size, seed=cfg.seed + epoch, shuffle=True):
             if step >= total:
                 break
-            if should_stop():
+            if stop_now():
                 stopped = True
                 break
             tick = time.perf_counter()
+            tokens = float(batch["attention_mask"].sum())
+            batch = distributed.shard(batch, ranks)
+            if batch is None:
+                continue
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss = model(**batch).loss
+            loss = step_model(**batch).loss
             if balance is not None:
                 loss = loss + balance(model)
             optimizer.zero_grad(set_to_none=True)
@@ -446,11 +468,12 @@ def train(config: dict, run_dir: str | Path, progress: Callable[[dict], None] | 
             optimizer.step()
             scheduler.step()
             step += 1
-            last_losses = (last_losses + [float(loss.detach())])[-20:]
+            rows_here = float(len(batch["input_ids"]))
+            last_losses = (last_losses + [distributed.mean(float(loss.detach()), rows_here, ranks, device)])[-20:]
             line = {"step": step, "total_steps": total, "epoch": epoch, "loss": last_losses[-1], "lr": lr,
-                    "tokens_per_s": float(batch["attention_mask"].sum()) / max(time.perf_counter() - tick, 1e-9)}
+                    "tokens_per_s": tokens / max(time.perf_counter() - tick, 1e-9)}
             if step == total or (cfg.eval_every and step % cfg.eval_every == 0):
-                if should_stop():
+                if stop_now():
                     stopped = True
                     break
                 line["eval"] = scores = validate()
@@ -459,7 +482,7 @@ def train(config: dict, run_dir: str | Path, progress: Callable[[dict], None] | 
                     if cfg.keep_best and step != total:
                         best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
             progress(line)
-    if stopped or should_stop():
+    if stopped or local_stop():
         return {"status": "cancelled", "steps": step, "total_steps": total, "seconds": time.time() - started}
 
     if cfg.keep_best and best_state is not None and best_step != step:
@@ -469,15 +492,18 @@ def train(config: dict, run_dir: str | Path, progress: Callable[[dict], None] | 
                 params[name].copy_(value)
     else:
         best_step = step if best is None else best_step
-    save_artifacts(cfg, model, tokenizer, run_dir / "artifacts")
-    test = evaluate(model, task, rows["test"], tokenizer, cfg, decoder, device)
-    return {
+    result = {
         "status": "done", "method": cfg.method, "model": cfg.model or DEFAULT_MODEL, "task": cfg.task,
         "steps": step, "total_steps": total, "best_step": best_step, "metric": metric,
-        "train_loss": sum(last_losses) / max(len(last_losses), 1), "validation": best, "test": test,
-        "trainable_params": n_trainable, "total_params": n_total, "device": str(device),
-        "seconds": time.time() - started, "artifacts": str(run_dir / "artifacts"),
+        "train_loss": sum(last_losses) / max(len(last_losses), 1), "validation": best,
+        "trainable_params": n_trainable, "total_params": n_total, "device": str(device), "processes": ranks.world,
+        "artifacts": str(run_dir / "artifacts"),
     }
+    if not ranks.main:               # the other ranks' weights are identical: rank 0 saves and tests
+        return {**result, "test": None, "seconds": time.time() - started}
+    save_artifacts(cfg, model, tokenizer, run_dir / "artifacts")
+    test = evaluate(model, task, rows["test"], tokenizer, cfg, decoder, device)
+    return {**result, "test": test, "seconds": time.time() - started}
 
 
 def save_artifacts(cfg: TrainConfig, model, tokenizer, folder: Path) -> Path:

@@ -37,6 +37,20 @@ class Heartbeat(threading.Thread):
             self.beat()
 
 
+def run_rank(store: JobStore, job_id: int) -> str:
+    """A non-zero rank of a data-parallel job: train alongside rank 0, which records everything."""
+    from training.trainer import train
+
+    job = store.get(job_id)
+    if job.status != "running":                      # rank 0 makes the same check and stops too
+        return job.status
+    run_dir = Path(job.run_dir)
+    terminated = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: terminated.set())
+    result = train(job.config, run_dir, should_stop=lambda: terminated.is_set() or (run_dir / CANCEL_FLAG).exists())
+    return str(result.get("status"))
+
+
 def run_job(store: JobStore, job_id: int) -> str:
     """Train job `job_id` and record progress, result and final status; return that status."""
     from training.trainer import train
@@ -93,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job", type=int, required=True, help="job id in the jobs table")
     args = parser.parse_args(argv)
     store = JobStore()
+    if int(os.environ.get("RANK", "0")) > 0:       # torchrun rank of a data-parallel job
+        return 0 if run_rank(store, args.job) in ("done", "cancelled") else 1
     status = run_job(store, args.job)
     try:
         store.schedule()             # start the next queued job even when no UI is running

@@ -176,9 +176,10 @@ def test_concurrency_limit_and_worker_command(monkeypatch):
     expected = torch.cuda.device_count() if torch.cuda.is_available() else 3
     assert max_concurrent() == expected
     assert worker_command(7) == [sys.executable, "-m", "training.worker", "--job", "7"]
-    multi = worker_command(7, gpus=2)
-    assert multi[:3] == [sys.executable, "-m", "accelerate.commands.launch"] and "--num_processes" in multi
-    assert multi[-4:] == ["--module", "training.worker", "--job", "7"]
+    multi = worker_command(7, processes=2)
+    assert multi[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert multi[multi.index("--nproc_per_node") + 1] == "2"
+    assert multi[-4:] == ["-m", "training.worker", "--job", "7"] and "--standalone" in multi
 
 
 def cli(*args, env=None, timeout=300):
