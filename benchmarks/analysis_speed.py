@@ -49,6 +49,11 @@ def pooled(fn, mats) -> float:
         return time.perf_counter() - t0
 
 
+def median3(fn) -> float:
+    """Median of three timings (in-process figures vary by ±20 % run to run on a 2-core machine)."""
+    return sorted(fn() for _ in range(3))[1]
+
+
 def build_llama_110m(path: Path) -> None:
     import torch
     import transformers
@@ -84,17 +89,21 @@ def compare(label: str, model_arg: str, folder: Path, data: Path) -> dict:
     os.environ["SPECTRASCOPE_DATA"] = str(data)
     src = open_source(model_arg)
     mats = [w for _, w in src.iter_arrays()]
-    t_eig = pooled(esd.eigenvalues, mats)      # the same thread arrangement the engine uses on CPU
+    t_eig = median3(lambda: pooled(esd.eigenvalues, mats))   # the engine's thread arrangement on CPU
     t_svd = pooled(esd.eigenvalues_svd, mats)
-    t0 = time.perf_counter()
     res = analyze(source=src, use_cache=False, device="cpu")
-    t_engine = time.perf_counter() - t0
+
+    def engine_run() -> float:
+        t0 = time.perf_counter()
+        analyze(source=src, use_cache=False, device="cpu")
+        return time.perf_counter() - t0
+    t_engine = median3(engine_run)
     t0 = time.perf_counter()
     analyze(model_arg, device="cpu")
     t_hit_inproc = time.perf_counter() - t0
     return {"model": label, "matrices": len(res.matrices), "common with ww": len(ww),
             "ours (process) s": t_ours, "weightwatcher (process) s": t_ww, "speed-up": t_ww / t_ours,
-            "max |Δα|": dalpha, "engine in-process s": t_engine, "bare eigvalsh s": t_eig,
+            "max |Δα|": dalpha, "engine in-process s (median of 3)": t_engine, "bare eigvalsh s (median of 3)": t_eig,
             "engine / bare": t_engine / t_eig, "svdvals s": t_svd, "cache hit (process) s": t_hit,
             "cache hit (in-process) s": t_hit_inproc, "peak RSS ours MiB": rss_ours, "peak RSS ww MiB": rss_ww}
 

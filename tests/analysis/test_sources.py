@@ -156,6 +156,16 @@ def test_bin_checkpoint_and_bf16_upcast(tmp_path, monkeypatch):
     assert open_source(folder / "pytorch_model.bin").hf_folder() == folder
 
 
+def test_safetensors_truncated_after_opening_is_a_clear_error(tmp_path):
+    folder = saved(tiny_bert(), tmp_path / "m")
+    source = open_source(folder)
+    name = "encoder.layer.1.output.dense.weight"
+    with open(folder / "model.safetensors", "r+b") as fh:
+        fh.truncate(1000)
+    with pytest.raises(SourceError, match="truncated or not a safetensors file"):
+        source.load_array(name)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_safetensors_upcast(tmp_path, dtype):
     model = tiny_llama().to(dtype)
@@ -191,6 +201,7 @@ def test_listing_reads_no_weights(monkeypatch):
         raise AssertionError("listing read a tensor")
 
     monkeypatch.setattr(SafetensorsReader, "get", boom)
+    monkeypatch.setattr(SafetensorsReader, "get_array", boom)
     start = time.perf_counter()
     source = open_source()
     infos = source.matrices()
