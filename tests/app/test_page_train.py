@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -79,6 +80,8 @@ def test_form_renders_with_train_config_defaults(app, data, tiny_bert):
                 "tr_max_eval_rows": d.max_eval_rows, "tr_max_test_rows": d.max_test_rows,
                 "tr_eval_every": d.eval_every, "tr_lr": d.lr}
     assert {k: at.number_input(key=k).value for k in expected} == expected
+    procs = at.number_input(key="tr_gpus" if jobs.gpu_count() else "tr_cpu_processes")   # data-parallel processes
+    assert procs.value == 1 and procs.max == (jobs.gpu_count() or os.cpu_count())
     assert at.selectbox(key="tr_alloc_lora").value == "(none)"
     assert not at.error
     assert any("No runs yet" in i.value for i in at.info)
@@ -145,6 +148,7 @@ def test_submit_tiny_job_appears_finishes_and_shows_metrics(app, data, tiny_bert
     [job] = JobStore(data).list()
     assert job.name == "ui-tiny" and job.config["max_steps"] == 1 and job.config["model"] == tiny_bert
     assert job.config["max_train_rows"] == 32 and job.config["eval_every"] == 0
+    assert job.config["cpu_processes" if not jobs.gpu_count() else "gpus"] == 1
     table = runs_table(at)
     assert table["id"].tolist() == [job.id] and table["name"].tolist() == ["ui-tiny"]
     assert table["status"].iloc[0].startswith(("running", "done", "queued"))
