@@ -126,7 +126,7 @@ def _batched_evals(batch: list[np.ndarray], device: str) -> list[np.ndarray]:
     import torch
     if len(batch) == 1:
         return [esd.eigenvalues(batch[0], device=device)]
-    tall = [torch.from_numpy(w if w.shape[0] >= w.shape[1] else w.T) for w in batch]
+    tall = [esd.as_tensor(w if w.shape[0] >= w.shape[1] else w.T) for w in batch]
     W = torch.stack(tall).to(device, torch.float64)
     G = W.transpose(1, 2) @ W                                 # (B, M, M)
     ev = torch.linalg.eigvalsh(G).clamp_min(0.0).cpu().numpy()

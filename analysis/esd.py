@@ -51,10 +51,21 @@ def eigenvalues(W, device: str = "cpu", chunk_rows: int = 4096) -> np.ndarray:
     return np.maximum(evals, 0.0)               # round-off can leave tiny negatives: σ² >= 0
 
 
+def as_tensor(W):
+    """A torch view of a NumPy array (read-only memory maps included: torch only reads it), or W if a tensor."""
+    import torch
+    if isinstance(W, torch.Tensor):
+        return W.detach()
+    import warnings
+    with warnings.catch_warnings():                 # "array is not writable": nothing ever writes to it
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.asarray(W))
+
+
 def _eigenvalues_torch(W, device, chunk_rows: int) -> np.ndarray:
     """The same Gram + eigvalsh on a torch device (CUDA)."""
     import torch
-    W = torch.as_tensor(W).detach()
+    W = as_tensor(W)
     if W.ndim != 2:
         raise ValueError(f"expected a 2-D matrix, got shape {tuple(W.shape)}")
     if W.shape[0] < W.shape[1]:

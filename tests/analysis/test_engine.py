@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformers
 
-from analysis import engine
+from analysis import engine, esd
 from analysis.sources import open_source
 from analysis.types import SpectrascopeError
 from analysis.ww_oracle import match_names, run_weightwatcher
@@ -80,10 +80,17 @@ def test_sharded_checkpoint_streams_same_numbers_as_in_memory(tmp_path):
 
 
 def test_batched_eigenvalues_equal_one_at_a_time(tmp_path):
-    model = tiny_llama(2)
-    one = engine.analyze(model, use_cache=False, batch_size=1).matrices.set_index("name")
-    many = engine.analyze(model, use_cache=False, batch_size=8).matrices.set_index("name")
+    """The CUDA arrangement (same-shape matrices batched through torch) run on CPU, fed memory-mapped weights."""
+    import warnings
+    tiny_llama(2).save_pretrained(tmp_path)
+    one = engine.analyze(str(tmp_path), use_cache=False, batch_size=1).matrices.set_index("name")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)          # e.g. torch's "NumPy array is not writable"
+        many = engine.analyze(str(tmp_path), use_cache=False, batch_size=8).matrices.set_index("name")
     np.testing.assert_allclose(one["alpha"].astype(float), many["alpha"].astype(float), atol=1e-8, equal_nan=True)
+    W = open_source(str(tmp_path)).load_array("model.layers.0.mlp.up_proj.weight")
+    assert not W.flags.writeable                               # a read-only memory map
+    np.testing.assert_allclose(esd._eigenvalues_torch(W, "cpu", 50), esd.eigenvalues(W), rtol=1e-10, atol=1e-12)
 
 
 def test_cache_hit_returns_identical_result(tmp_path):
