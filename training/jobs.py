@@ -187,7 +187,7 @@ def check_machine(config: dict) -> None:
     have = gpu_count()
     if gpus > 1 and gpus > have:
         where = f"this machine has {have} GPU{'s' if have != 1 else ''}" if have else "this machine has no GPU"
-        hint = "; on CPU use cpu_processes for data-parallel processes" if not have else ""
+        hint = "; for data-parallel processes on CPU use cpu_processes (--cpu-processes)" if not have else ""
         raise SpectrascopeError(f"gpus={gpus}: {where}; ask for at most {max(have, 1)}{hint}")
 
 
