@@ -15,7 +15,7 @@ import streamlit as st
 from analysis.config import DEFAULT_MODEL, data_dir
 from analysis.types import SpectrascopeError
 from app import common
-from training.jobs import NAME_RE, JobStore, default_name, gpu_count, read_jsonl
+from training.jobs import NAME_RE, JobStore, default_name, gpu_count, job_processes, read_jsonl
 from training.trainer import DEFAULT_LR, METHODS, TrainConfig
 
 try:
@@ -492,9 +492,12 @@ def run_detail(store: JobStore, jobs: list) -> None:
     m[4].metric(f"Test {metric}", f"{test[metric]:.4f}" if metric in test else "—")
     m[5].metric("Trainable params", common.human_count(result.get("trainable_params")))
     alloc = (cfg.get("allocation") or {}).get("name") or (cfg.get("allocation") or {}).get("strategy")
+    procs = int(result.get("processes") or job_processes(cfg))
     st.caption(f"{METHOD_LABELS.get(cfg.get('method'), cfg.get('method'))} · model {cfg.get('model') or DEFAULT_MODEL}"
                f" · task {cfg.get('task')} · rank {cfg.get('rank')} · seed {cfg.get('seed')}"
-               + (f" · allocation {alloc}" if alloc else "") + f" · folder `{job.run_dir}`")
+               + (f" · allocation {alloc}" if alloc else "")
+               + (f" · {procs} data-parallel processes" if procs > 1 else "")
+               + f" · folder `{job.run_dir}`")
     if job.status in ("failed", "lost"):
         st.error(f"Run #{job.id} {job.status}: {job.error or 'no error recorded'}", icon=":material/error:")
     elif job.status == "cancelled":

@@ -203,3 +203,14 @@ def test_cancel_queued_and_running_jobs_from_the_page(app, data, tiny_bert):
     assert dict(zip(runs_table(at)["id"], runs_table(at)["status"])) == {running.id: "cancelled",
                                                                            queued.id: "cancelled"}
     assert not [b for b in at.button if b.key and b.key.startswith("tr_cancel_")]     # nothing left to cancel
+
+
+def test_run_detail_names_data_parallel_processes(app, data, tiny_bert):
+    if jobs.gpu_count():
+        pytest.skip("cpu_processes applies to machines without GPUs")
+    store = JobStore(data)
+    job = store.submit({"method": "lora", "model": tiny_bert, "cpu_processes": 2, "max_steps": 1}, start=False)
+    at = train_page(app, model=tiny_bert, train_run=job.id)
+    ok(at)
+    captions = " ".join(c.value for c in at.caption)
+    assert "2 data-parallel processes" in captions
