@@ -91,7 +91,7 @@ class SafetensorsReader:
             return to_numpy(self.get(name))
         file = self._file_of[name]
         start, header = self._file_layout(file)
-        begin, end = header[name]["data_offsets"]
+        begin = header[name]["data_offsets"][0]
         shape = tuple(header[name]["shape"])
         if not shape or 0 in shape:
             return np.zeros(shape, dtype=_NUMPY_DTYPES[code])
