@@ -38,3 +38,8 @@ def kill_job_processes(store) -> None:
             os.killpg(popen.pid, signal.SIGKILL)
         popen.wait(10)
     jobs._CHILDREN.clear()
+
+
+def ok(at) -> None:
+    """An AppTest run raised no exception (the messages are shown if it did)."""
+    assert not at.exception, [e.message for e in at.exception]

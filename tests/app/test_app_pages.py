@@ -8,7 +8,7 @@ import pytest
 from analysis import engine
 from analysis.config import DEFAULT_MODEL
 from app import common
-from tests.helpers import arr
+from tests.helpers import arr, ok
 
 MINILM_LAYERS = 6
 
@@ -18,10 +18,6 @@ def figures(at) -> list[dict]:
     return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
 
 
-
-
-def ok(at) -> None:
-    assert not at.exception, [e.message for e in at.exception]
 
 
 def selectbox(at, key: str):

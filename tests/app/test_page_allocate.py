@@ -11,13 +11,10 @@ from analysis import allocation as al
 from analysis import allocation_store as store
 from analysis.types import SpectrascopeError
 from app import page_allocate as page
+from tests.helpers import ok
 
 MINILM_LAYERS = 6
 EDIT_NONE = {"edited_rows": {}, "added_rows": [], "deleted_rows": []}
-
-
-def ok(at) -> None:
-    assert not at.exception, [e.message for e in at.exception]
 
 
 def open_page(app, **query):

@@ -7,16 +7,13 @@ import os
 import pytest
 
 from training import study
+from tests.helpers import ok
 
 PAGE = "page_compare_runs.py"
 
 
 def figures(at) -> list[dict]:
     return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
-
-
-def ok(at) -> None:
-    assert not at.exception, [e.message for e in at.exception]
 
 
 @pytest.fixture(scope="module")

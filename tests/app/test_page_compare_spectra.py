@@ -10,7 +10,7 @@ import pytest
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
-from tests.helpers import arr
+from tests.helpers import arr, ok
 
 PAGE = "page_compare_spectra.py"
 PLANTS = {"model.layers.0.self_attn.q_proj.weight": 2, "model.layers.1.mlp.down_proj.weight": 1,
@@ -61,10 +61,6 @@ def figures(at) -> dict[str, dict]:
         key = el.proto.id.split("-")[-1] if not getattr(el, "key", None) else el.key
         out[key] = json.loads(el.proto.spec)
     return out
-
-
-def ok(at) -> None:
-    assert not at.exception, [e.message for e in at.exception]
 
 
 def open_page(app, **view):

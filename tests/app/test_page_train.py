@@ -15,7 +15,8 @@ from training.jobs import JobStore
 from training.trainer import TrainConfig
 
 from tests.tiny_models import make_tiny_model
-from tests.helpers import kill_job_processes
+from tests.helpers import kill_job_processes, ok
+
 TINY = {"tr_max_steps": 1, "tr_max_train_rows": 32, "tr_max_eval_rows": 8, "tr_max_test_rows": 8, "tr_eval_every": 0}
 
 
@@ -34,10 +35,6 @@ def data(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     yield tmp_path
     kill_job_processes(JobStore(tmp_path))
-
-
-def ok(at) -> None:
-    assert not at.exception, [e.message for e in at.exception]
 
 
 def train_page(app, **query):
