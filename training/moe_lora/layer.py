@@ -8,6 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers.pytorch_utils import Conv1D
 
+from training.dropout import FastDropout
+
 
 class MaskState:
     """The padding mask the routers should see, shared by the MoE layers of one model.
@@ -38,25 +40,16 @@ def base_weight(base: nn.Module) -> torch.Tensor:
     return base.weight.T if isinstance(base, Conv1D) else base.weight
 
 
-class InputDropout(nn.Module):
-    """Inverted dropout of the adapters' input. On CPU the mask is drawn as rand < keep in place, which costs
-    ≈ 30 % less than nn.Dropout's bernoulli_ kernel forward + backward (1.45 vs 1.98 ms on 1024 × 384, 5.5 vs
-    8.3 ms on 1024 × 1536, measured on this project's CPU); on GPUs nn.functional.dropout's fused kernel is used."""
+def add_matmul(out: torch.Tensor, z: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """out + z B^T: out (T, d_out), z (T, m), B (d_out, m), added in place into `out`.
 
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = float(p)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        if x.device.type != "cpu":
-            return F.dropout(x, self.p, True)
-        keep = 1.0 - self.p
-        return x * torch.rand_like(x).lt_(keep).div_(keep)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
+    `out` is the base Linear / Conv1D output, which autograd does not save (their backward needs only input
+    and weight), so adding into it is safe and saves a (T, d_out) copy per call; autograd's version counter
+    would raise rather than compute a wrong gradient if that ever changed.
+    """
+    if out.dtype == z.dtype:
+        return out.addmm_(z, B.t())
+    return out.add_(F.linear(z, B).to(out.dtype))
 
 
 class MoELoraLinear(nn.Module):
@@ -77,7 +70,7 @@ class MoELoraLinear(nn.Module):
         self.d_in, self.d_out = d_in, d_out
         self.n_experts, self.top_k, self.r = n_experts, top_k, r
         self.scaling = lora_alpha / r
-        self.dropout = InputDropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = FastDropout(dropout) if dropout > 0 else nn.Identity()
         device = base.weight.device
         self.router = nn.Linear(d_in, n_experts, bias=False, device=device) if n_experts > 1 else None
         self.lora_A = nn.Parameter(torch.empty(n_experts, r, d_in, device=device))
@@ -94,13 +87,15 @@ class MoELoraLinear(nn.Module):
     # -- routing -----------------------------------------------------------------------------------------
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (T, d_in) -> probs (T, N) float32, top-k indices (T, k), dense renormalised gate (T, N) float32."""
-        logits = self.router(x.to(self.router.weight.dtype))                  # (T, N)
-        probs = torch.softmax(logits.float(), dim=-1)                          # (T, N)
-        top_p, top_i = probs.topk(self.top_k, dim=-1)                          # (T, k), (T, k)
-        top_p = top_p / top_p.sum(dim=-1, keepdim=True)                        # renormalise: rows sum to 1
-        gate = torch.zeros_like(probs).scatter(1, top_i, top_p)                # (T, N), 0 where not selected
-        return probs, top_i, gate
+        """x (T, d_in) -> probs (T, N) float32, chosen (T, N) 1.0 on the top-k experts else 0.0, and the
+        renormalised gate (T, N) float32: the chosen probabilities divided by their sum, 0 elsewhere."""
+        w = self.router.weight
+        logits = F.linear(x if x.dtype == w.dtype else x.to(w.dtype), w)      # (T, N)
+        probs = torch.softmax(logits, dim=-1, dtype=torch.float32)             # (T, N)
+        top_i = probs.topk(self.top_k, dim=-1).indices                         # (T, k)
+        chosen = torch.zeros_like(probs).scatter_(1, top_i, 1.0)               # (T, N)
+        kept = probs * chosen
+        return probs, chosen, kept / kept.sum(dim=-1, keepdim=True)            # rows of the gate sum to 1
 
     def token_mask(self, lead_shape: torch.Size) -> torch.Tensor | None:
         """The (T,) bool mask of real (non-padding) tokens for an input with leading shape (B, S), if known."""
@@ -114,16 +109,18 @@ class MoELoraLinear(nn.Module):
             return mask[:, -lead_shape[1]:].reshape(-1).bool()
         return None                                                            # unknown layout: use all tokens
 
-    def switch_loss(self, probs: torch.Tensor, top_i: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-        """Switch-style balance loss L = N * sum_e f_e * P_e over the valid tokens (f has no gradient)."""
-        if valid is not None:
-            probs, top_i = probs[valid], top_i[valid]                          # (T', N), (T', k)
-        if probs.shape[0] == 0:
-            return probs.new_zeros(())
-        counts = torch.zeros_like(probs).scatter_add(1, top_i, torch.ones_like(top_i, dtype=probs.dtype))
-        f = counts.sum(0) / top_i.numel()                                      # (N,) share of the k*T' selections
-        P = probs.mean(0)                                                      # (N,) mean router probability
-        return self.n_experts * (f * P).sum()
+    def switch_loss(self, probs: torch.Tensor, chosen: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        """Switch-style balance loss L = N * sum_e f_e * P_e over the valid tokens (f has no gradient).
+
+        f_e = share of the k*T' selections that went to e, P_e = mean router probability of e. Padding is masked
+        by weighting with the 0/1 mask rather than by boolean indexing, which would make the host wait for the
+        mask's nonzero count on every call; no valid token gives 0.
+        """
+        if valid is None:
+            return (chosen.mean(0) @ probs.mean(0)) * (self.n_experts / self.top_k)
+        w = valid.to(probs.dtype)                                              # (T,)
+        n = w.sum().clamp_min(1.0)
+        return ((w @ chosen) @ (w @ probs)) * (self.n_experts / self.top_k) / (n * n)
 
     # -- forward -----------------------------------------------------------------------------------------
 
@@ -131,36 +128,36 @@ class MoELoraLinear(nn.Module):
         out = self.base_layer(x)                                               # (..., d_out)
         lead = x.shape[:-1]
         xs = x.reshape(-1, self.d_in)                                          # (T, d_in)
-        xd = self.dropout(xs.to(self.lora_A.dtype))                            # (T, d_in)
+        xd = self.dropout(xs if xs.dtype == self.lora_A.dtype else xs.to(self.lora_A.dtype))  # (T, d_in)
+        out2 = out.reshape(-1, self.d_out)                                     # (T, d_out)
         if self.router is None:                                                # N = 1: plain LoRA, gate = 1
-            delta = F.linear(F.linear(xd, self.lora_A[0]), self.lora_B[0])     # (T, r) -> (T, d_out)
             if self.collect_gates:
                 self._accumulate(xs.new_ones(xs.shape[0], 1, dtype=torch.float32), self.token_mask(lead))
+            z = F.linear(xd, self.lora_A[0]) * self.scaling                    # (T, r)
+            y = add_matmul(out2, z, self.lora_B[0])
         else:
-            probs, top_i, gate = self.route(xs)
+            probs, chosen, gate = self.route(xs)
             valid = self.token_mask(lead) if (self.track_balance or self.collect_gates) else None
             if self.track_balance:
-                self.balance_loss = self.switch_loss(probs, top_i, valid)
+                self.balance_loss = self.switch_loss(probs, chosen, valid)
             if self.collect_gates:
                 self._accumulate(gate, valid)
-            delta = self.mix(xd, gate.to(xd.dtype))
-        return out + (self.scaling * delta).to(out.dtype).reshape(*lead, self.d_out)
+            y = self.add_experts(out2, xd, (gate * self.scaling).to(xd.dtype))
+        return y.view(*lead, self.d_out)
 
-    def mix(self, xd: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        """sum_e gate_e * B_e A_e xd for all tokens: xd (T, d_in), gate (T, N) -> (T, d_out).
+    def add_experts(self, out: torch.Tensor, xd: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """out + sum_e gate_e B_e A_e xd for every token: out (T, d_out), xd (T, d_in), gate (T, N).
 
-        Dense over experts: one (d_in -> N*r) matmul for every expert's A, a gate multiply, one (N*r -> d_out)
-        matmul for every B. Non-selected experts get gate 0, so the extra work is N*r columns instead of k*r;
-        with N <= ~16 and r = 8 that is at most 128 columns, still one GEMM that keeps the cores busy. Gathering
-        A[top_i] instead builds a (T, k, r, d_in) copy of the weights (T*k*r*d_in floats) and runs T small
-        batched matmuls; benchmarks/moe_lora_speed.py measures it ("gather") and the dense mix wins clearly.
+        Dense over experts: one (d_in -> N*r) GEMM for every expert's A, a gate multiply that zeroes the
+        non-selected experts, and one (N*r -> d_out) GEMM for every B that also adds `out` (addmm). The extra
+        work is N*r columns instead of k*r; with N <= ~16 and r = 8 that is at most 128 columns, still one GEMM
+        that keeps the cores busy. Gathering A[top_i] instead builds a (T, k, r, d_in) copy of the weights and
+        runs T small matmuls; benchmarks/moe_lora_speed.py measures it ("gather") and the dense mix wins clearly.
         """
-        T = xd.shape[0]
-        N, r = self.n_experts, self.r
+        T, N, r = xd.shape[0], self.n_experts, self.r
         z = F.linear(xd, self.lora_A.reshape(N * r, self.d_in))                # (T, N*r)
-        z = (z.view(T, N, r) * gate.unsqueeze(-1)).view(T, N * r)              # (T, N*r) zero for other experts
-        B_cat = self.lora_B.permute(1, 0, 2).reshape(self.d_out, N * r)        # (d_out, N*r)
-        return F.linear(z, B_cat)                                              # (T, d_out)
+        z = (z.view(T, N, r) * gate.unsqueeze(-1)).view(T, N * r)              # zero for other experts
+        return add_matmul(out, z, self.lora_B.permute(1, 0, 2).reshape(self.d_out, N * r))
 
     def _accumulate(self, gate: torch.Tensor, valid: torch.Tensor | None) -> None:
         g = gate.detach().double()                                             # (T, N)
