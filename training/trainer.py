@@ -402,6 +402,12 @@ def train(config: dict, run_dir: str | Path, progress: Callable[[dict], None] | 
         distributed.teardown(ranks)
 
 
+def make_optimizer(params: list, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW, fused on CPU and CUDA: one kernel over all parameters (a full MiniLM fine-tune's step: 52 -> 6 ms)."""
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                             fused=device.type in ("cpu", "cuda"))
+
+
 def _train(cfg: TrainConfig, run_dir: Path, progress, local_stop, ranks, device, started: float) -> dict:
     """The body of train() for one process (rank) of a job."""
     from transformers import AutoConfig
@@ -432,9 +438,7 @@ def _train(cfg: TrainConfig, run_dir: Path, progress, local_stop, ranks, device,
     n_train = len(train_encoded["input_ids"])
     per_epoch = math.ceil(n_train / cfg.batch_size)
     total = cfg.max_steps or cfg.epochs * per_epoch
-    # fused: one kernel over all parameters; on CPU the step of a full MiniLM fine-tune drops from 52 to 6 ms
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                                  fused=device.type in ("cpu", "cuda"))
+    optimizer = make_optimizer(trainable, cfg, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(int(cfg.warmup_ratio * total), total))
     metric = primary_metric(task)
     balance = None

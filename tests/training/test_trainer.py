@@ -4,9 +4,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from analysis.types import SpectrascopeError
-from training.trainer import TrainConfig, evaluate_artifacts, prepare_config, train
+from training.dropout import FastDropout
+from training.trainer import TrainConfig, evaluate_artifacts, make_optimizer, prepare_config, train
 
 from tests.tiny_models import make_tiny_model
 SMALL = {"max_train_rows": 64, "max_eval_rows": 32, "max_test_rows": 32, "eval_every": 2}
@@ -58,6 +60,21 @@ def test_same_seed_same_run_other_seed_other_run(tmp_path, tiny_bert):
     first = losses(0, tmp_path / "a")
     assert losses(0, tmp_path / "b") == first
     assert losses(1, tmp_path / "c") != first
+
+
+def test_runs_use_fast_dropout_and_a_fused_optimizer(tmp_path, tiny_bert, monkeypatch):
+    calls = []
+    plain = FastDropout.forward
+
+    def counted(self, x):
+        calls.append(self.training)
+        return plain(self, x)
+
+    monkeypatch.setattr(FastDropout, "forward", counted)
+    result = train({"method": "lora", "model": tiny_bert, "max_steps": 1, **SMALL}, tmp_path)
+    assert result["status"] == "done" and any(calls)            # the base's and peft's dropouts, in training
+    p = torch.nn.Parameter(torch.zeros(3))
+    assert make_optimizer([p], TrainConfig(method="full"), torch.device("cpu")).defaults["fused"] is True
 
 
 def test_should_stop_ends_the_run_as_cancelled_without_artifacts(tmp_path, tiny_bert):
