@@ -184,6 +184,25 @@ def test_balance_loss_ignores_padding_through_model_hook(bert):
     assert 0.01 * n_routed * 0.99 < loss.item() < 0.01 * n_routed * 4   # each L >= ~1 (uniform) and <= N
 
 
+def test_layers_of_one_call_share_one_token_mask(bert):
+    inject_moe_lora(bert, MoELoraConfig([4] * 6))
+    seen = []
+    for _, layer in moe_lora_layers(bert):
+        layer.register_forward_hook(lambda m, args, _out: seen.append(m.mask_state.tokens(args[0].shape[:-1])))
+    batch = bert_batch()
+    with torch.no_grad():
+        bert(**batch)
+    assert len(seen) == 36 and all(t is seen[0] for t in seen)          # derived once, by the first layer
+    assert torch.equal(seen[0].valid, batch["attention_mask"].reshape(-1).bool())
+    assert torch.equal(seen[0].weights, batch["attention_mask"].reshape(-1).float())
+    assert torch.allclose(seen[0].inv_count_sq, torch.tensor(1 / 19 ** 2))   # 10 + 6 + 3 real tokens
+    state = bert._moe_lora_mask_state
+    assert state.auto is None and state.tokens(torch.Size([3, 10])) is None   # cleared after the call
+    with routing_mask(bert, batch["attention_mask"]):
+        pinned = state.tokens(torch.Size([3, 10]))
+        assert pinned is not seen[0] and torch.equal(pinned.valid, seen[0].valid)
+
+
 def test_zero_coef_disables_balance_loss(bert):
     inject_moe_lora(bert, MoELoraConfig([3] * 6, load_balance_coef=0.0))
     bert(**bert_batch())

@@ -16,14 +16,61 @@ class MaskState:
 
     `auto` is set from the model call's `attention_mask` by a forward pre-hook (see model.py) and cleared
     after the call; `pinned` is set by the `routing_mask(model, mask)` context manager and wins over `auto`.
+    `tokens` derives the per-token mask once per call and shape: every layer of a forward shares it.
     """
 
     def __init__(self) -> None:
-        self.auto: torch.Tensor | None = None
-        self.pinned: torch.Tensor | None = None
+        self._auto: torch.Tensor | None = None
+        self._pinned: torch.Tensor | None = None
+        self._tokens: dict[tuple, TokenMask | None] = {}
+
+    @property
+    def auto(self) -> torch.Tensor | None:
+        return self._auto
+
+    @auto.setter
+    def auto(self, mask: torch.Tensor | None) -> None:
+        self._auto, self._tokens = mask, {}
+
+    @property
+    def pinned(self) -> torch.Tensor | None:
+        return self._pinned
+
+    @pinned.setter
+    def pinned(self, mask: torch.Tensor | None) -> None:
+        self._pinned, self._tokens = mask, {}
 
     def current(self) -> torch.Tensor | None:
-        return self.pinned if self.pinned is not None else self.auto
+        return self._pinned if self._pinned is not None else self._auto
+
+    def tokens(self, lead_shape: torch.Size) -> "TokenMask | None":
+        """The real (non-padding) tokens of an input with leading shape (B, S), if the mask says."""
+        key = tuple(lead_shape)
+        if key not in self._tokens:
+            valid = token_mask(self.current(), lead_shape)
+            self._tokens[key] = None if valid is None else TokenMask(valid)
+        return self._tokens[key]
+
+
+class TokenMask:
+    """A (T,) bool mask of real tokens, the same as float weights, and 1 / max(count, 1)^2 (a 0-dim tensor)."""
+
+    def __init__(self, valid: torch.Tensor) -> None:
+        self.valid = valid
+        self.weights = valid.float()
+        self.inv_count_sq = self.weights.sum().clamp_min(1.0).pow(-2)
+
+
+def token_mask(mask: torch.Tensor | None, lead_shape: torch.Size) -> torch.Tensor | None:
+    """The (T,) bool mask of real tokens for an input with leading shape (B, S), from a (B, S') mask."""
+    if mask is None:
+        return None
+    if mask.shape == lead_shape:
+        return mask.reshape(-1).bool()
+    if mask.dim() == 2 and len(lead_shape) == 2 and mask.shape[0] == lead_shape[0] \
+            and mask.shape[1] >= lead_shape[1]:                                # cached decoding: last S positions
+        return mask[:, -lead_shape[1]:].reshape(-1).bool()
+    return None                                                                # unknown layout: use all tokens
 
 
 def base_shape(base: nn.Module) -> tuple[int, int]:
@@ -97,51 +144,39 @@ class MoELoraLinear(nn.Module):
         kept = probs * chosen
         return probs, chosen, kept / kept.sum(dim=-1, keepdim=True)            # rows of the gate sum to 1
 
-    def token_mask(self, lead_shape: torch.Size) -> torch.Tensor | None:
-        """The (T,) bool mask of real (non-padding) tokens for an input with leading shape (B, S), if known."""
-        mask = self.mask_state.current()
-        if mask is None:
-            return None
-        if mask.shape == lead_shape:
-            return mask.reshape(-1).bool()
-        if mask.dim() == 2 and len(lead_shape) == 2 and mask.shape[0] == lead_shape[0] \
-                and mask.shape[1] >= lead_shape[1]:                            # cached decoding: last S positions
-            return mask[:, -lead_shape[1]:].reshape(-1).bool()
-        return None                                                            # unknown layout: use all tokens
-
-    def switch_loss(self, probs: torch.Tensor, chosen: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-        """Switch-style balance loss L = N * sum_e f_e * P_e over the valid tokens (f has no gradient).
+    def switch_loss(self, probs: torch.Tensor, chosen: torch.Tensor, tokens: TokenMask | None) -> torch.Tensor:
+        """Switch-style balance loss L = N * sum_e f_e * P_e over the real tokens (f has no gradient).
 
         f_e = share of the k*T' selections that went to e, P_e = mean router probability of e. Padding is masked
         by weighting with the 0/1 mask rather than by boolean indexing, which would make the host wait for the
-        mask's nonzero count on every call; no valid token gives 0.
+        mask's nonzero count on every call; no real token gives 0.
         """
-        if valid is None:
+        if tokens is None:
             return (chosen.mean(0) @ probs.mean(0)) * (self.n_experts / self.top_k)
-        w = valid.to(probs.dtype)                                              # (T,)
-        n = w.sum().clamp_min(1.0)
-        return ((w @ chosen) @ (w @ probs)) * (self.n_experts / self.top_k) / (n * n)
+        w = tokens.weights                                                     # (T,)
+        return ((w @ chosen) @ (w @ probs)) * tokens.inv_count_sq * (self.n_experts / self.top_k)
 
     # -- forward -----------------------------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base_layer(x)                                               # (..., d_out)
         lead = x.shape[:-1]
         xs = x.reshape(-1, self.d_in)                                          # (T, d_in)
+        # the base on the flat (T, d_in) input gives a (T, d_out) tensor that is not a view, so adding the
+        # experts into it in place costs autograd no CopySlices (two (T, d_out) copies per backward)
+        out2 = self.base_layer(xs)                                             # (T, d_out)
         xd = self.dropout(xs if xs.dtype == self.lora_A.dtype else xs.to(self.lora_A.dtype))  # (T, d_in)
-        out2 = out.reshape(-1, self.d_out)                                     # (T, d_out)
         if self.router is None:                                                # N = 1: plain LoRA, gate = 1
             if self.collect_gates:
-                self._accumulate(xs.new_ones(xs.shape[0], 1, dtype=torch.float32), self.token_mask(lead))
+                self._accumulate(xs.new_ones(xs.shape[0], 1, dtype=torch.float32), self.mask_state.tokens(lead))
             z = F.linear(xd, self.lora_A[0]) * self.scaling                    # (T, r)
             y = add_matmul(out2, z, self.lora_B[0])
         else:
             probs, chosen, gate = self.route(xs)
-            valid = self.token_mask(lead) if (self.track_balance or self.collect_gates) else None
+            tokens = self.mask_state.tokens(lead) if (self.track_balance or self.collect_gates) else None
             if self.track_balance:
-                self.balance_loss = self.switch_loss(probs, chosen, valid)
+                self.balance_loss = self.switch_loss(probs, chosen, tokens)
             if self.collect_gates:
-                self._accumulate(gate, valid)
+                self._accumulate(gate, tokens)
             y = self.add_experts(out2, xd, (gate * self.scaling).to(xd.dtype))
         return y.view(*lead, self.d_out)
 
@@ -159,10 +194,10 @@ class MoELoraLinear(nn.Module):
         z = (z.view(T, N, r) * gate.unsqueeze(-1)).view(T, N * r)              # zero for other experts
         return add_matmul(out, z, self.lora_B.permute(1, 0, 2).reshape(self.d_out, N * r))
 
-    def _accumulate(self, gate: torch.Tensor, valid: torch.Tensor | None) -> None:
+    def _accumulate(self, gate: torch.Tensor, tokens: TokenMask | None) -> None:
         g = gate.detach().double()                                             # (T, N)
-        if valid is not None:
-            g = g[valid]
+        if tokens is not None:
+            g = g[tokens.valid]
         s = g.sum(0)
         self.gate_sum = s if self.gate_sum is None else self.gate_sum + s
         self.gate_count += g.shape[0]
