@@ -8,6 +8,7 @@ import os
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -21,6 +22,7 @@ from transformers import AutoModelForSequenceClassification  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from training.moe_lora import MoELoraConfig, MoELoraLinear, inject_moe_lora, moe_lora_layers  # noqa: E402
+from training.moe_lora.layer import MaskState  # noqa: E402
 from training.dropout import FastDropout, use_fast_dropout  # noqa: E402
 
 BERT_TARGETS = r".*encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|" \
@@ -58,7 +60,10 @@ class ReferenceMoELoraLinear(nn.Module):
     ../shared/reference/moe_lora.md): one nn.Linear pair and one nn.Dropout per expert in ModuleLists, a
     softmax router, top-k renormalised, a Python loop over experts with index gathers and index_add, the
     scaling applied to the sum, and the balance loss over the non-padding tokens selected by boolean indexing.
-    Same function as MoELoraLinear (checked in eval mode by `check_reference`); built from one, same weights."""
+    Like published code it routes every row of the padded batch, padding included; our layer runs the experts
+    on the real tokens only ("MoE-LoRA with padding" times ours without that). Same logits as MoELoraLinear
+    (checked in eval mode by `check_reference`: padding never reaches a real token); built from one, same
+    weights."""
 
     def __init__(self, moe: MoELoraLinear, every_token: bool = False):
         super().__init__()
@@ -100,6 +105,7 @@ class ReferenceMoELoraLinear(nn.Module):
 
 SAME_MATH = {"MoE-LoRA gather": GatherMoELoraLinear, "same-math loop": LoopMoELoraLinear}
 EVERY_TOKEN = "naive loop (every token)"
+WITH_PADDING = "MoE-LoRA with padding"
 
 
 def check_reference(model: nn.Module, ours: nn.Module, batch: dict) -> float:
@@ -141,6 +147,9 @@ def build(variant: str, args) -> nn.Module:
     elif variant in SAME_MATH:
         for _, layer in moe_lora_layers(model):
             layer.__class__ = SAME_MATH[variant]    # same parameters and state, only `add_experts` differs
+    elif variant == WITH_PADDING:                   # a mask state the model call never sets: no token is skipped
+        for _, layer in moe_lora_layers(model):     # (and the balance loss counts padding, as the loops do not)
+            layer.mask_state = MaskState()
     return model
 
 
@@ -229,11 +238,13 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds, variants interleaved; median reported")
-    ap.add_argument("--variants", default=f"frozen base,LoRA (peft),MoE-LoRA batched,MoE-LoRA gather,same-math loop,"
-                                          f"naive loop,{EVERY_TOKEN}")
+    ap.add_argument("--variants", help="comma-separated, from the default list",
+                    default=f"frozen base,LoRA (peft),MoE-LoRA batched,{WITH_PADDING},MoE-LoRA gather,same-math loop,"
+                            f"naive loop,{EVERY_TOKEN}")
     args = ap.parse_args()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)  # peft's
 
     batches = task_batches(args) if args.data == "task" else synthetic_batches(args)
     batch = batches[0]
@@ -247,6 +258,9 @@ def main() -> None:
     dropout_table(args.batch * args.seq)
 
     variants = [v.strip() for v in args.variants.split(",")]
+    known = ["frozen base", "LoRA (peft)", "MoE-LoRA batched", WITH_PADDING, *SAME_MATH, "naive loop", EVERY_TOKEN]
+    if unknown := [v for v in variants if v not in known]:
+        ap.error(f"unknown variant(s) {unknown}; choose from {known}")
     steps = {}
     for v in variants:
         steps[v] = make_step(build(v, args), batches)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import threading
-import warnings
 
 import numpy as np
 import torch
@@ -63,6 +62,8 @@ def random_words(n: int) -> torch.Tensor:
 def keep_mask(shape: torch.Size, drop_levels: int, dtype: torch.dtype) -> torch.Tensor:
     """A CPU mask of 0 (probability drop_levels / 65536) or 1 / keep, as `dtype`, from 16 random bits each."""
     n = math.prod(shape)
+    if n == 0:
+        return torch.empty(shape, dtype=dtype)
     words = random_words((n + 3) // 4).view(torch.int16)
     bits = (words if words.numel() == n else words[:n]).view(shape).float()   # integers in [-32768, 32767]
     keep = 1.0 - drop_levels / 65536
@@ -87,9 +88,7 @@ def use_fast_dropout(model: nn.Module) -> int:
     top = next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)
     if top is not None and top.config._attn_implementation == "sdpa" and top._can_set_attn_implementation():
         register_attention()
-        with warnings.catch_warnings():             # transformers' own deprecation notice, about its internals
-            warnings.simplefilter("ignore", FutureWarning)
-            top.set_attn_implementation(ATTENTION)
+        top.set_attn_implementation(ATTENTION)
     return count
 
 

@@ -194,13 +194,40 @@ def test_layers_of_one_call_share_one_token_mask(bert):
         bert(**batch)
     assert len(seen) == 36 and all(t is seen[0] for t in seen)          # derived once, by the first layer
     assert torch.equal(seen[0].valid, batch["attention_mask"].reshape(-1).bool())
-    assert torch.equal(seen[0].weights, batch["attention_mask"].reshape(-1).float())
-    assert torch.allclose(seen[0].inv_count_sq, torch.tensor(1 / 19 ** 2))   # 10 + 6 + 3 real tokens
+    assert torch.equal(seen[0].index, batch["attention_mask"].reshape(-1).nonzero().squeeze(1))
+    assert seen[0].index.numel() == 19                                  # 10 + 6 + 3 real tokens
     state = bert._moe_lora_mask_state
     assert state.auto is None and state.tokens(torch.Size([3, 10])) is None   # cleared after the call
     with routing_mask(bert, batch["attention_mask"]):
         pinned = state.tokens(torch.Size([3, 10]))
         assert pinned is not seen[0] and torch.equal(pinned.valid, seen[0].valid)
+
+
+def test_experts_run_on_real_tokens_only(bert_cls):
+    inject_moe_lora(bert_cls, MoELoraConfig([4] * 6, dropout=0.0))
+    randomize_experts(bert_cls, std=0.05)
+    batch = bert_batch()
+    layer = dict(moe_lora_layers(bert_cls))["bert.encoder.layer.2.intermediate.dense"]
+    x = torch.randn(3, 10, layer.d_in)
+    with torch.no_grad():
+        every = layer(x)                                                # no mask known: every token
+        with routing_mask(layer, batch["attention_mask"]):
+            real = layer(x)
+        base = layer.base_layer(x)
+    pad = batch["attention_mask"] == 0
+    assert torch.allclose(real[~pad], every[~pad], atol=1e-6)           # real tokens: the same output
+    assert torch.equal(real[pad], base[pad])                            # padding: the base layer alone
+    assert not torch.allclose(every[pad], base[pad], atol=1e-4)
+    # a padding token never reaches a real token: the model's logits are the same as with every token routed
+    with torch.no_grad():
+        skipped = bert_cls(**batch).logits
+        with routing_mask(bert_cls, torch.ones_like(batch["attention_mask"])):
+            routed = bert_cls(**batch).logits
+    assert torch.allclose(skipped, routed, atol=1e-5)
+    bert_cls.train()
+    out = bert_cls(**batch, labels=torch.tensor([0, 1, 1]))
+    (out.loss + load_balance_loss(bert_cls)).backward()
+    assert layer.lora_A.grad.abs().sum() > 0 and layer.router.weight.grad.abs().sum() > 0
 
 
 def test_zero_coef_disables_balance_loss(bert):

@@ -53,12 +53,11 @@ class MaskState:
 
 
 class TokenMask:
-    """A (T,) bool mask of real tokens, the same as float weights, and 1 / max(count, 1)^2 (a 0-dim tensor)."""
+    """A (T,) bool mask of real tokens and, when some are padding, their (T',) row indices (else None)."""
 
     def __init__(self, valid: torch.Tensor) -> None:
         self.valid = valid
-        self.weights = valid.float()
-        self.inv_count_sq = self.weights.sum().clamp_min(1.0).pow(-2)
+        self.index = None if bool(valid.all()) else valid.nonzero().squeeze(1)   # one host sync per call
 
 
 def token_mask(mask: torch.Tensor | None, lead_shape: torch.Size) -> torch.Tensor | None:
@@ -144,41 +143,50 @@ class MoELoraLinear(nn.Module):
         kept = probs * chosen
         return probs, chosen, kept / kept.sum(dim=-1, keepdim=True)            # rows of the gate sum to 1
 
-    def switch_loss(self, probs: torch.Tensor, chosen: torch.Tensor, tokens: TokenMask | None) -> torch.Tensor:
-        """Switch-style balance loss L = N * sum_e f_e * P_e over the real tokens (f has no gradient).
+    def switch_loss(self, probs: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+        """Switch-style balance loss L = N * sum_e f_e * P_e over the rows given (f has no gradient).
 
-        f_e = share of the k*T' selections that went to e, P_e = mean router probability of e. Padding is masked
-        by weighting with the 0/1 mask rather than by boolean indexing, which would make the host wait for the
-        mask's nonzero count on every call; no real token gives 0.
+        f_e = share of the k*T selections that went to e, P_e = mean router probability of e. The forward passes
+        only real tokens, so padding is masked; no token at all gives 0.
         """
-        if tokens is None:
-            return (chosen.mean(0) @ probs.mean(0)) * (self.n_experts / self.top_k)
-        w = tokens.weights                                                     # (T,)
-        return ((w @ chosen) @ (w @ probs)) * tokens.inv_count_sq * (self.n_experts / self.top_k)
+        if probs.shape[0] == 0:
+            return probs.sum()                                                 # 0, still on the graph
+        return (chosen.mean(0) @ probs.mean(0)) * (self.n_experts / self.top_k)
 
     # -- forward -----------------------------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The base layer on every token; the experts (router, dropout, A, gate, B) on the real tokens only.
+
+        A padding token never reaches a real token's output (attention masks it as a key, everything else is
+        per token), so when the model call's attention_mask marks padding, the experts run on the T' real rows
+        and are added into those rows of the base output: the default task's batches are about 45% padding.
+        Without a mask (or without padding) every token is computed, as before.
+        """
         lead = x.shape[:-1]
         xs = x.reshape(-1, self.d_in)                                          # (T, d_in)
         # the base on the flat (T, d_in) input gives a (T, d_out) tensor that is not a view, so adding the
         # experts into it in place costs autograd no CopySlices (two (T, d_out) copies per backward)
-        out2 = self.base_layer(xs)                                             # (T, d_out)
-        xd = self.dropout(xs if xs.dtype == self.lora_A.dtype else xs.to(self.lora_A.dtype))  # (T, d_in)
+        out = self.base_layer(xs)                                              # (T, d_out)
+        tokens = self.mask_state.tokens(lead)
+        rows = None if tokens is None else tokens.index
+        xr = xs if rows is None else xs.index_select(0, rows)                  # (T', d_in) real tokens
+        xd = self.dropout(xr if xr.dtype == self.lora_A.dtype else xr.to(self.lora_A.dtype))
+        target = out if rows is None else out.new_zeros(xr.shape[0], self.d_out)
         if self.router is None:                                                # N = 1: plain LoRA, gate = 1
             if self.collect_gates:
-                self._accumulate(xs.new_ones(xs.shape[0], 1, dtype=torch.float32), self.mask_state.tokens(lead))
-            z = F.linear(xd, self.lora_A[0]) * self.scaling                    # (T, r)
-            y = add_matmul(out2, z, self.lora_B[0])
+                self._accumulate(xr.new_ones(xr.shape[0], 1, dtype=torch.float32))
+            z = F.linear(xd, self.lora_A[0]) * self.scaling                    # (T', r)
+            delta = add_matmul(target, z, self.lora_B[0])
         else:
-            probs, chosen, gate = self.route(xs)
-            tokens = self.mask_state.tokens(lead) if (self.track_balance or self.collect_gates) else None
+            probs, chosen, gate = self.route(xr)
             if self.track_balance:
-                self.balance_loss = self.switch_loss(probs, chosen, tokens)
+                self.balance_loss = self.switch_loss(probs, chosen)
             if self.collect_gates:
-                self._accumulate(gate, tokens)
-            y = self.add_experts(out2, xd, (gate * self.scaling).to(xd.dtype))
-        return y.view(*lead, self.d_out)
+                self._accumulate(gate)
+            delta = self.add_experts(target, xd, (gate * self.scaling).to(xd.dtype))
+        out = delta if rows is None else out.index_add_(0, rows, delta.to(out.dtype))
+        return out.view(*lead, self.d_out)
 
     def add_experts(self, out: torch.Tensor, xd: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """out + sum_e gate_e B_e A_e xd for every token: out (T, d_out), xd (T, d_in), gate (T, N).
@@ -194,10 +202,8 @@ class MoELoraLinear(nn.Module):
         z = (z.view(T, N, r) * gate.unsqueeze(-1)).view(T, N * r)              # zero for other experts
         return add_matmul(out, z, self.lora_B.permute(1, 0, 2).reshape(self.d_out, N * r))
 
-    def _accumulate(self, gate: torch.Tensor, tokens: TokenMask | None) -> None:
-        g = gate.detach().double()                                             # (T, N)
-        if tokens is not None:
-            g = g[tokens.valid]
+    def _accumulate(self, gate: torch.Tensor) -> None:
+        g = gate.detach().double()                                             # (T', N), real tokens only
         s = g.sum(0)
         self.gate_sum = s if self.gate_sum is None else self.gate_sum + s
         self.gate_count += g.shape[0]
