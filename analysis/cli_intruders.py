@@ -19,7 +19,7 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--epsilon", type=float, default=0.5, help="similarity below which a direction intrudes (0.5)")
     p.add_argument("--sweep", action="store_true", help="also print total intruders vs ε over (0, 1)")
     p.add_argument("--out", help="write one row per matrix to FILE.csv or FILE.json")
-    p.add_argument("--include-embeddings", action="store_true", help="also compare embedding and head matrices")
+    p.add_argument("--include-embeddings", action="store_true", help="also compare embedding and head matrices (counted apart from the block total)")
     p.add_argument("--no-cache", action="store_true", help="recompute the base SVDs instead of using the cache")
     p.add_argument("--mitigate", type=float, metavar="LAMBDA",
                    help="scale intruders' singular values by LAMBDA (the paper: 0.7) and write --save DIR")

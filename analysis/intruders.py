@@ -201,8 +201,8 @@ class IntruderReport:
 
     @cached_property
     def per_layer(self) -> pd.DataFrame:
-        """One row per transformer block: matrices, intruders (sum), min_similarity (min)."""
-        df = self.rows[self.rows["layer"].notna()]
+        """One row per transformer block: matrices, intruders (sum), min_similarity (min); sums to `total`."""
+        df = self.rows[self.rows["layer"].notna() & ~self.rows["module"].isin(SKIP_MODULES)]
         if df.empty:
             return pd.DataFrame(columns=["layer", "matrices", "intruders", "min_similarity"])
         g = df.groupby(df["layer"].astype(int))
@@ -211,16 +211,43 @@ class IntruderReport:
         return out.reset_index().rename(columns={"index": "layer"})
 
     @property
+    def block_comparisons(self) -> list[MatrixComparison]:
+        """The transformer-block matrices (those with a layer index): what `total`, `sweep` and `per_layer` count."""
+        return [c for c in self.comparisons if _is_block(c.info)]
+
+    @property
+    def other_comparisons(self) -> list[MatrixComparison]:
+        """Compared matrices outside the blocks (embeddings, head, pooler …, with include_embeddings)."""
+        return [c for c in self.comparisons if not _is_block(c.info)]
+
+    @property
     def total(self) -> int:
-        """Intruder dimensions summed over all compared matrices."""
-        return int(sum(len(c.intruders(self.epsilon)) for c in self.comparisons))
+        """Intruder dimensions summed over the transformer-block matrices only (see `counted`, `total_other`)."""
+        return int(sum(len(c.intruders(self.epsilon)) for c in self.block_comparisons))
+
+    @property
+    def total_other(self) -> int:
+        """Intruder dimensions in the compared matrices outside the blocks (not in `total`)."""
+        return int(sum(len(c.intruders(self.epsilon)) for c in self.other_comparisons))
+
+    @property
+    def counted(self) -> str:
+        """What `total` counts, in words: the CLI, the app and the benchmark print this with the number."""
+        n, other = len(self.block_comparisons), self.other_comparisons
+        text = f"{n} transformer-block matri" + ("x" if n == 1 else "ces")
+        if other:
+            text += (f"; {self.total_other} more in {len(other)} other matri" + ("x" if len(other) == 1 else "ces")
+                     + " (embeddings/head …, not in the total)")
+        return text
 
     def sweep(self, epsilons: Iterable[float] | None = None) -> pd.DataFrame:
-        """Total intruder count vs ε (the paper's count-vs-ε curve) and how many matrices have any."""
+        """Total intruder count vs ε (the paper's count-vs-ε curve) over the block matrices (as `total`) and how
+        many of them have any."""
         eps = list(SWEEP_EPSILONS if epsilons is None else epsilons)
         rows = []
+        blocks = self.block_comparisons
         for e in eps:
-            counts = [len(c.intruders(e)) for c in self.comparisons]
+            counts = [len(c.intruders(e)) for c in blocks]
             rows.append({"epsilon": float(e), "intruders": int(sum(counts)),
                          "matrices_with_intruders": int(sum(n > 0 for n in counts))})
         return pd.DataFrame(rows, columns=["epsilon", "intruders", "matrices_with_intruders"])
@@ -241,7 +268,8 @@ class IntruderReport:
     def to_dict(self) -> dict:
         rows = json.loads(self.rows.to_json(orient="records"))
         return {"base": self.base, "finetuned": self.finetuned, "top_k": self.top_k, "epsilon": self.epsilon,
-                "total": self.total, "matrices": len(self.comparisons), "flags": self.flags,
+                "total": self.total, "total_other": self.total_other, "counted": self.counted,
+                "block_matrices": len(self.block_comparisons), "matrices": len(self.comparisons), "flags": self.flags,
                 "skipped": [list(s) for s in self.skipped], "rows": rows,
                 "per_layer": json.loads(self.per_layer.to_json(orient="records")),
                 "sweep": self.sweep().to_dict(orient="records")}
@@ -250,8 +278,12 @@ class IntruderReport:
         return json.dumps(self.to_dict(), indent=1)
 
     def summary(self) -> str:
-        return (f"total intruders: {self.total} (k={self.top_k}, epsilon={self.epsilon:g}, "
-                f"{len(self.comparisons)} matrices)")
+        return f"total intruders: {self.total} in {self.counted} (k={self.top_k}, epsilon={self.epsilon:g})"
+
+
+def _is_block(info: MatrixInfo) -> bool:
+    """A transformer-block matrix: it has a layer index and is not an embedding or head."""
+    return info.layer is not None and info.module not in SKIP_MODULES
 
 
 ROW_COLUMNS = ["name", "layer", "module", "rows", "cols", "intruders", "min_similarity", "intruder_ranks",

@@ -37,14 +37,28 @@ class RunArtifact:
 
     @property
     def label(self) -> str:
+        """'<key> (method, rank, allocation or experts, task, seed)': a full fine-tune has no rank, a MoE-LoRA run
+        with an allocation shows it ('alphalora 4-5-6-5-4-6 (30)') instead of the unused default expert count."""
+        s = self.settings
         bits = [METHOD_LABELS.get(self.method, self.method)]
-        if self.method in ("lora", "moe_lora") and self.settings.get("rank"):
-            bits.append(f"r={self.settings['rank']}")
-        if self.method == "moe_lora" and self.settings.get("experts"):
-            bits.append(f"{self.settings['experts']} experts")
+        if self.method in ("lora", "moe_lora") and s.get("rank"):
+            bits.append(f"r={s['rank']}")
+        if s.get("allocation"):
+            bits.append(str(s["allocation"]))
+        elif self.method == "moe_lora" and s.get("experts"):
+            bits.append(f"{s['experts']} experts")
         if self.task:
             bits.append(Path(str(self.task)).stem)
+        if s.get("seed") is not None:
+            bits.append(f"seed {s['seed']}")
         return f"{self.key} ({', '.join(bits)})"
+
+    @property
+    def recipe(self) -> tuple:
+        """Everything that defines the run except its seed (and the steps it ended at): runs with the same recipe
+        and different seeds measure seed-to-seed noise."""
+        return (self.method, self.base, self.task,
+                tuple(sorted((k, str(v)) for k, v in self.settings.items() if k not in ("seed", "steps"))))
 
     def sources(self) -> tuple[str | None, str | None, str | None]:
         """(base, fine-tuned model, adapter) as open_source arguments: LoRA → base + adapter; full → the folder.
@@ -108,6 +122,52 @@ def _base_of(manifest: dict, method: str, artifact: Path) -> str | None:
     return None
 
 
+def describe_allocation(alloc: dict, method: str) -> str | None:
+    """Short text for a run's allocation JSON: 'alphalora 4-5-6-5-4-6 (30)' (experts per layer, total) for
+    MoE-LoRA, 'alphalora ranks 4-8-8-4 (24)' for a LoRA rank allocation; None when it holds neither."""
+    strategy = str(alloc.get("strategy") or "manual")
+    experts, ranks = alloc.get("experts"), alloc.get("ranks")
+    if method == "moe_lora" and isinstance(experts, list) and experts:
+        return f"{strategy} {'-'.join(str(n) for n in experts)} ({sum(int(n) for n in experts)})"
+    if method == "lora" and isinstance(ranks, list) and ranks:
+        return f"{strategy} ranks {'-'.join(str(n) for n in ranks)} ({sum(int(n) for n in ranks)})"
+    if method == "lora" and alloc.get("rank_pattern"):
+        return f"{strategy} rank pattern"
+    return None
+
+
+def run_settings(method: str, config: dict, manifest: dict | None = None) -> dict:
+    """The settings a run is labelled and grouped by: rank/alpha/experts only where the method uses them (a full
+    fine-tune has no rank; an allocation replaces the default expert count), steps, lr, seed, allocation."""
+    keys = {"lora": ("rank", "alpha"), "moe_lora": ("rank", "alpha", "experts", "top_k")}.get(method, ())
+    settings = {k: config[k] for k in (*keys, "max_steps", "epochs", "lr", "seed") if config.get(k) is not None}
+    alloc = config.get("allocation") or (manifest or {}).get("allocation")
+    text = describe_allocation(alloc, method) if isinstance(alloc, dict) else None
+    if text:
+        settings["allocation"] = text
+        settings.pop("experts", None)
+        settings.pop("top_k", None)
+        if method == "lora" and isinstance(alloc.get("ranks"), list):
+            settings.pop("rank", None)                # the allocation gives the ranks layer by layer
+    return settings
+
+
+def seed_pairs(runs: list[RunArtifact]) -> list[tuple[RunArtifact, RunArtifact]]:
+    """Pairs of runs with the same recipe and different seeds (the first two seeds of each recipe, by run id)."""
+    groups: dict[tuple, list[RunArtifact]] = {}
+    for r in runs:
+        groups.setdefault(r.recipe, []).append(r)
+    out = []
+    for group in groups.values():
+        seeds: dict = {}
+        for r in sorted(group, key=lambda r: (r.run_id is None, r.run_id, r.name)):
+            seeds.setdefault(r.settings.get("seed"), r)
+        if len(seeds) >= 2 and None not in list(seeds)[:2]:
+            a, b = list(seeds.values())[:2]
+            out.append((a, b))
+    return out
+
+
 def list_runs(root: str | Path | None = None) -> list[RunArtifact]:
     """Finished runs (result.json status "done", or weights saved when there is no result.json) under
     root (default data_dir()/runs), by run id; runs without recognisable weights are left out."""
@@ -128,8 +188,7 @@ def list_runs(root: str | Path | None = None) -> list[RunArtifact]:
         method, artifact = found
         manifest = _read_json(folder / "manifest.json")
         config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
-        settings = {k: config[k] for k in ("rank", "alpha", "experts", "top_k", "max_steps", "epochs", "lr", "seed")
-                    if config.get(k) is not None}
+        settings = run_settings(method, config, manifest)
         if result.get("steps") is not None:
             settings["steps"] = result["steps"]
         test = result.get("test") if isinstance(result.get("test"), dict) else {}

@@ -52,7 +52,7 @@ def sweep_figure(sweeps: dict[str, pd.DataFrame], epsilon: float, height: int = 
                   annotation_text=f"chosen ε = {epsilon:g}", annotation_position="top left")
     fig.update_xaxes(title_text=EPS_AXIS, range=[0, 1], dtick=0.1)
     fig.update_yaxes(title_text=COUNT_AXIS + ", summed over matrices", rangemode="tozero")
-    _layout(fig, height, "Intruder dimensions vs ε (summed over all matrices)")
+    _layout(fig, height, "Intruder dimensions vs ε (summed over the transformer-block matrices)")
     fig.update_layout(height=legend_below(fig, len(sweeps), height))
     return fig
 
@@ -159,20 +159,42 @@ def log_ticks(values: np.ndarray) -> dict:
     return dict(tickvals=ticks, ticktext=[f"{t:g}" for t in ticks]) if len(ticks) >= 2 else {}
 
 
-def alpha_shift_figure(shifts: dict[str, pd.DataFrame], score_label: str, height: int = 400) -> go.Figure:
-    """Δα per layer, one line per side (shifts[label]: layer, base, finetuned, shift)."""
+def _band(fig: go.Figure, layers, half, name: str, fill: str, hover: str, dash: str | None = None) -> None:
+    """A band ±half around 0 over the layers (a closed filled polygon, drawn under the lines)."""
+    x = [int(v) for v in layers]
+    h = [float(v) for v in half]
+    fig.add_trace(go.Scatter(x=x + x[::-1], y=h + [-v for v in h[::-1]], fill="toself", fillcolor=fill, mode="lines",
+                             line=dict(width=1, color="rgba(90,90,90,0.6)", dash=dash or "solid"), name=name,
+                             hoveron="points+fills", customdata=h + h[::-1],
+                             hovertemplate=f"{hover}<br>layer %{{x}}: ±%{{customdata:.3f}}<extra></extra>"))
+
+
+def alpha_shift_figure(shifts: dict[str, pd.DataFrame], score_label: str, seeds: dict[str, pd.DataFrame] | None = None,
+                       height: int = 400) -> go.Figure:
+    """Δα per layer, one line per side (shifts[label]: layer, base, finetuned, shift, se, band), over the noise
+    floor: a grey band ±band (z·SE of the difference, the widest side per layer) and, per seed pair in `seeds`
+    (label -> layer, band = |α_seed a − α_seed b|), a hatched band of the seed-to-seed shift."""
     fig = go.Figure()
     layers: set[int] = set()
+    bands = [df[["layer", "band"]] for df in shifts.values() if "band" in df and df["band"].notna().any()]
+    if bands:
+        noise = pd.concat(bands).groupby("layer")["band"].max().reset_index()
+        _band(fig, noise["layer"], noise["band"], "fit noise: ±1.96·SE of Δα (95 %)", "rgba(127,127,127,0.25)",
+              "fit noise (±1.96·SE)")
+    for label, df in (seeds or {}).items():
+        _band(fig, df["layer"], df["band"], f"seed-to-seed shift: {label}", "rgba(60,60,60,0.12)",
+              f"seed-to-seed |Δα| ({label})", dash="dot")
     for i, (label, df) in enumerate(shifts.items()):
         layers.update(int(x) for x in df["layer"])
+        se = df["se"] if "se" in df else pd.Series(np.nan, index=df.index)
         fig.add_trace(go.Scatter(
             x=df["layer"], y=df["shift"], mode="lines+markers", name=label, line=dict(color=colour(i), width=2.5),
-            marker=dict(size=8), customdata=np.stack([df["base"], df["finetuned"]], axis=-1),
-            hovertemplate=f"{label}<br>layer %{{x}}: Δα = %{{y:+.3f}}<br>base {score_label} %{{customdata[0]:.3f}}"
-                          " → %{customdata[1]:.3f}<extra></extra>"))
+            marker=dict(size=8), customdata=np.stack([df["base"], df["finetuned"], se], axis=-1),
+            hovertemplate=f"{label}<br>layer %{{x}}: Δα = %{{y:+.3f}} ± %{{customdata[2]:.3f}} (SE)"
+                          f"<br>base {score_label} %{{customdata[0]:.3f}} → %{{customdata[1]:.3f}}<extra></extra>"))
     fig.add_hline(y=0, line=dict(color="#444", width=1))
     fig.update_xaxes(title_text=LAYER_AXIS, dtick=1 if len(layers) <= 40 else None)
     fig.update_yaxes(title_text=ALPHA_SHIFT_AXIS, zeroline=False)
     _layout(fig, height, f"Δα per layer: {score_label}, fine-tuned − base")
-    fig.update_layout(height=legend_below(fig, len(shifts), height))
+    fig.update_layout(height=legend_below(fig, len(fig.data), height))
     return fig

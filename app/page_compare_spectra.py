@@ -13,9 +13,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from analysis import intruders
+from analysis import alpha_noise, intruders
 from analysis.config import DEFAULT_MODEL, data_dir
-from analysis.runs_index import RunArtifact, list_runs
+from analysis.runs_index import RunArtifact, list_runs, seed_pairs
 from analysis.types import MatrixInfo, SpectrascopeError
 from app import charts_spectra as cs
 from app import common
@@ -25,7 +25,9 @@ common.register_view_keys(*VIEW)
 PER_EXPERT, ROUTED = "per expert", "routing-weighted mean update"
 MOE_MODES = {PER_EXPERT: "each expert merged on its own: W0 + s·B_e A_e (every expert is one matrix)",
              ROUTED: "W0 + s·Σ_e mean gate_e · B_e A_e, the gate averaged over up to 64 validation examples"}
-MAX_MEMO = 8
+MOE_ALPHA = {PER_EXPERT: "the mean α over its experts' W0 + s·B_e A_e",
+             ROUTED: "W0 + the routing-weighted mean update"}
+MAX_MEMO = 16
 ROUTED_EXAMPLES = 64
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MITIGATION_STATE = "cs_mitigation"
@@ -327,14 +329,15 @@ def summary(reports: dict, sides: list[Side]) -> None:
     base_of = {s.label: s.base for s in sides}
     for i, (label, rep) in enumerate(reports.items()):
         with cols[i % len(cols)]:
-            st.metric(f"Intruders · {label}", rep.total, help=f"Sum over {len(rep.comparisons)} matrices at "
+            st.metric(f"Intruders · {label}", rep.total, help=f"Sum over {rep.counted} at "
                       f"k = {rep.top_k}, ε = {rep.epsilon:g}, vs base {base_of.get(label)}; base SVDs from the "
                       f"disk cache: {rep.cache_hits} of {rep.cache_hits + rep.cache_misses}", border=True)
     table = pd.DataFrame([{
-        "fine-tuned": label, "base": short(str(base_of.get(label)), 40), "matrices": len(r.comparisons),
-        "intruders": r.total, "with intruders": int((r.rows["intruders"] > 0).sum()),
+        "fine-tuned": label, "base": short(str(base_of.get(label)), 40), "matrices": len(r.block_comparisons),
+        "intruders": r.total, "with intruders": sum(bool(c.intruders(r.epsilon)) for c in r.block_comparisons),
         "ΔW eff. rank": changed_median(r.rows), "seconds": r.elapsed_s} for label, r in reports.items()])
     st.dataframe(table, hide_index=True, width="stretch", column_config={
+        "matrices": st.column_config.NumberColumn(help="Transformer-block matrices compared (what the count sums)"),
         "with intruders": st.column_config.NumberColumn(help="Matrices with at least one intruder dimension"),
         "ΔW eff. rank": st.column_config.NumberColumn(
             format="%.1f", help="Entropy effective rank of ΔW = W − W0, median over the matrices fine-tuning changed"),
@@ -393,33 +396,66 @@ def matrix_section(reports: dict, eps: float) -> None:
                "top of the spectrum.")
 
 
-def alpha_section(sides: list[Side], reports: dict) -> None:
-    """α shift per layer: AlphaLoRA layer score of the fine-tuned side minus the base's."""
+def _alpha_memo(key, compute):
+    """Per-layer α tables memoised like the reports (computing the matrices' SEs takes a moment)."""
+    value = _memo_get(key)
+    if value is None:
+        value = compute()
+        _memo_put(key, value)
+    return value
+
+
+def _result_key(result) -> str:
+    return json.dumps(["alpha", result.identity or id(result), result.model], default=str)
+
+
+def side_layers(side: Side, report: intruders.IntruderReport, device: str):
+    """(base, fine-tuned) per-layer α tables of one side; MoE-LoRA: the base's matrices with each adapted one
+    replaced by the report's effective matrices (routing-weighted update, or the mean α over its experts)."""
+    base = common.analysis_for(common.ModelChoice(side.base, None, device))
+    if base is None or not base.layer_rows:
+        return None
+    b = _alpha_memo(_result_key(base), lambda: alpha_noise.layer_alphas(base.rows, base.evals))
+    if side.moe:
+        c = report.comparisons
+        key = json.dumps(["alpha-moe", _result_key(base), id(c), len(c), c[0].info.name if c else ""])
+        f = _alpha_memo(key, lambda: alpha_noise.layer_alphas(base.rows, base.evals,
+                                                              alpha_noise.effective_spectra(c)))
+        return b, f
+    fine = common.analysis_for(common.ModelChoice(side.model, side.adapter, device))
+    if fine is None or not fine.layer_rows:
+        return None
+    return b, _alpha_memo(_result_key(fine), lambda: alpha_noise.layer_alphas(fine.rows, fine.evals))
+
+
+def alpha_section(sides: list[Side], reports: dict, moe_mode: str) -> None:
+    """α shift per layer (AlphaLoRA layer score, fine-tuned − base) over its noise floor: ±1.96·SE of the fits and,
+    when two seeds of one recipe are picked, their seed-to-seed shift."""
     st.subheader("α shift per layer")
     device = common.view("device", "auto")
-    shifts, missing = {}, []
+    shifts, layers = {}, {}
     for side in sides:
-        if side.label not in reports:
-            continue
-        if side.moe:
-            missing.append(side.label)
-            continue
-        base = common.analysis_for(common.ModelChoice(side.base, None, device))
-        fine = common.analysis_for(common.ModelChoice(side.model, side.adapter, device))
-        if base is None or fine is None or base.layers.empty or fine.layers.empty:
-            continue
-        col = ALPHA_SCORE[0]
-        df = base.layers[["layer", col]].merge(fine.layers[["layer", col]], on="layer", suffixes=("_b", "_f"))
-        df = df.rename(columns={f"{col}_b": "base", f"{col}_f": "finetuned"}).sort_values("layer")
-        df["shift"] = df["finetuned"] - df["base"]
-        shifts[side.label] = df
-    if shifts:
-        st.plotly_chart(cs.alpha_shift_figure(shifts, ALPHA_SCORE[1]), key="cs_alpha", width="stretch")
-        st.caption("Negative Δα: the layer's spectrum became more heavy-tailed (more strongly trained); positive: "
-                   "less. α is the mean PL_Alpha_Hill of the block's matrices (AlphaLoRA).")
-    if missing:
-        st.info("No α shift for MoE-LoRA runs (" + ", ".join(missing) + "): their experts are not one model "
-                "checkpoint. Their intruder counts are above.", icon=":material/info:")
+        if side.label in reports:
+            pair = side_layers(side, reports[side.label], device)
+            if pair is not None:
+                layers[side.label] = pair[1]
+                shifts[side.label] = alpha_noise.alpha_shift(*pair)
+    if not shifts:
+        return
+    by_run = {s.run.key: s.label for s in sides if s.run is not None and s.label in layers}
+    pairs = seed_pairs([s.run for s in sides if s.run is not None and s.run.key in by_run])
+    seeds = {f"{by_run[a.key]} vs {by_run[b.key]}":
+             alpha_noise.seed_shift(layers[by_run[a.key]], layers[by_run[b.key]]) for a, b in pairs}
+    st.plotly_chart(cs.alpha_shift_figure(shifts, ALPHA_SCORE[1], seeds), key="cs_alpha", width="stretch")
+    inside = ", ".join(f"{label}: {alpha_noise.within_noise(df)} of {len(df)}" for label, df in shifts.items())
+    st.caption("Shifts inside the grey band (±1.96·SE, SE = sqrt(SE_base² + SE_ft²) from the Hill fits' (α − 1)/√n) "
+               f"are not distinguishable from fit noise — layers inside it: {inside}."
+               + (" The dotted band is the α shift between two seeds of the same recipe." if seeds else
+                  " Pick two seeds of one recipe to see the seed-to-seed shift too."))
+    st.caption("Negative Δα: the layer's spectrum became more heavy-tailed (more strongly trained); positive: "
+               "less. α is the mean PL_Alpha_Hill of the block's matrices (AlphaLoRA)."
+               + (f" MoE-LoRA runs: each adapted matrix is {MOE_ALPHA[moe_mode]}."
+                  if any(s.moe for s in sides if s.label in shifts) else ""))
 
 
 def mitigation_section(sides: list[Side], reports: dict, eps: float, top_k: int) -> None:
@@ -551,7 +587,7 @@ def main() -> None:
         label = st.selectbox("Fine-tuned side", list(reports), key="cs_table_side")
         st.dataframe(reports[label].rows[intruders.ROW_COLUMNS[:12]], hide_index=True, width="stretch")
     matrix_section(reports, eps)
-    alpha_section(sides, reports)
+    alpha_section(sides, reports, moe_mode)
     mitigation_section(sides, reports, eps, int(top_k))
 
 

@@ -69,13 +69,14 @@ def intruder_counts(run_dir: Path, method: str) -> dict:
     art = run_dir / "artifacts"
     tuned = open_source(None, adapter=art / "adapter") if method == "lora" else open_source(art / "model")
     report = compare(open_source(None), tuned, top_k=TOP_K, epsilon=EPSILON)
-    blocks = [c for c in report.comparisons if c.info.layer is not None]
+    blocks = report.block_comparisons
     if len(blocks) != 6 * LAYERS:
         raise SystemExit(f"expected 36 block matrices, compared {len(blocks)} ({run_dir.name})")
     rel = [float(np.sqrt((c.delta_sigmas.astype(float) ** 2).sum() / (c.base_sigmas.astype(float) ** 2).sum()))
            for c in blocks]
     counts = {
-        "total": sum(len(c.intruders(EPSILON)) for c in blocks),
+        "total": report.total,                      # block matrices only, as the CLI and the app count
+        "counted": report.counted,
         "per_layer": [sum(len(c.intruders(EPSILON)) for c in blocks if c.info.layer == layer)
                       for layer in range(LAYERS)],
         "sweep": {e: sum(len(c.intruders(e)) for c in blocks) for e in EPSILONS},

@@ -193,11 +193,35 @@ def test_compare_report_rows_layers_sweep_json():
     assert block.shape == (10, 5) and np.allclose(np.diag(block), 1.0, atol=1e-3)
     payload = json.loads(rep.to_json())
     assert payload["total"] == 3 and len(payload["rows"]) == 3 and payload["rows"][0]["intruder_ranks"] == [1, 2]
-    assert rep.summary() == "total intruders: 3 (k=10, epsilon=0.5, 3 matrices)"
+    assert rep.summary() == "total intruders: 3 in 3 transformer-block matrices (k=10, epsilon=0.5)"
     with pytest.raises(SpectrascopeError, match="was not compared"):
         rep.similarity("nope")
     rep_all = intruders.compare(base, fine, include_embeddings=True)
     assert len(rep_all.rows) == 4
+
+
+def test_total_counts_block_matrices_only_and_says_so():
+    """Embeddings/head (include_embeddings) and unnumbered matrices are compared but not in `total`, `sweep` or
+    `per_layer`; `total_other` and `counted` say what else was compared."""
+    base, fine = planted_pair((2, 0, 1))
+    g = torch.Generator().manual_seed(3)
+    for src, extra in ((base, 0.0), (fine, 1.0)):             # a pooler (no layer index) with a planted intruder
+        W0 = base_matrix(64, 64, torch.Generator().manual_seed(5))
+        src.tensors["pooler.dense.weight"] = (plant(W0, 1, g)[0] if extra else W0).float()
+    rep = intruders.compare(base, fine, include_embeddings=True)
+    rows = rep.rows.set_index("name")["intruders"]
+    other = int(rows["model.embed_tokens.weight"] + rows["pooler.dense.weight"])
+    assert rows["pooler.dense.weight"] == 1 and other >= 1                # the planted pooler intruder is seen …
+    assert rep.total == 3 and rep.total_other == other                   # … but counted apart
+    assert len(rep.block_comparisons) == 3 and len(rep.other_comparisons) == 2
+    assert int(rep.sweep([0.5])["intruders"].iloc[0]) == rep.total == int(rep.per_layer["intruders"].sum())
+    assert rep.counted == (f"3 transformer-block matrices; {other} more in 2 other matrices "
+                           "(embeddings/head …, not in the total)")
+    payload = json.loads(rep.to_json())
+    assert (payload["total"], payload["total_other"], payload["block_matrices"]) == (3, other, 3)
+    assert rep.summary().startswith("total intruders: 3 in 3 transformer-block matrices; ")
+    plain = intruders.compare(base, fine)                                 # the pooler has no layer: still apart
+    assert plain.total == 3 and plain.total_other == 1 and "1 other matrix" in plain.counted
 
 
 def test_base_svd_cache_hit_on_second_comparison():
@@ -410,7 +434,8 @@ def test_cli_csv_json_sweep_adapter_and_mitigation(models, tmp_path):
     df = pd.read_csv(out)
     assert {"name", "layer", "module", "intruders", "min_similarity"} <= set(df.columns) and len(df) == 14
     assert "epsilon" in proc.stdout and "matrices_with_intruders" in proc.stdout
-    assert proc.stdout.strip().splitlines()[-1] == "total intruders: 3 (k=10, epsilon=0.5, 14 matrices)"
+    assert proc.stdout.strip().splitlines()[-1] == ("total intruders: 3 in 14 transformer-block matrices "
+                                                    "(k=10, epsilon=0.5)")
     js = tmp_path / "rows.json"
     proc = cli(str(models / "base"), "--adapter", str(models / "adapter"), "--top-k", "4", "--out", str(js))
     assert proc.returncode == 0, proc.stderr

@@ -101,6 +101,12 @@ def test_planted_intruders_counted_and_charted(app, pair):
     marks = [t for t in spec["data"] if t["name"] == "intruder dimensions"]
     assert len(marks) == 1 and arr(marks[0]["x"]).tolist() == [1, 2]         # q_proj of layer 0: the two planted
     assert {t["name"] for t in spec["data"]} >= {"base", "planted"}
+    alpha = figs["cs_alpha"]["data"]
+    band = next(t for t in alpha if str(t["name"]).startswith("fit noise"))
+    assert band["fill"] == "toself" and max(arr(band["y"])) > 0 and min(arr(band["y"])) < 0
+    line = next(t for t in alpha if t["name"] == "planted")
+    assert arr(line["x"]).tolist() == [0, 1] and "SE" in line["hovertemplate"]
+    assert any("not distinguishable from fit noise" in c.value for c in at.caption)
     # ε is read from the same comparison (no recomputation) and lands in the URL
     at.slider(key="w_cs_eps").set_value(0.1).run()
     ok(at)
@@ -138,6 +144,28 @@ def test_runs_from_the_data_folder(app, pair):
     label = next(m.label for m in at.metric if "7-full-planted" in m.label)
     assert metric(at, label) == str(PLANTED) and "full fine-tune" in label
     assert str(at.query_params["cs_runs"]).strip("[]'") == "7-full-planted"
+
+
+def test_two_seeds_of_one_recipe_show_the_seed_to_seed_band(app, pair, tmp_path):
+    base, _ = pair
+    runs = Path(os.environ["SPECTRASCOPE_DATA"]) / "runs"
+    for seed in (0, 1):
+        run = runs / f"{20 + seed}-full-seed{seed}"
+        plant_copy(Path(base), run / "artifacts" / "model", {"model.layers.0.self_attn.q_proj.weight": 1},
+                   seed=seed, strength=1.5)
+        (run / "manifest.json").write_text(json.dumps({"model": base, "method": "full", "task": "trec", "config": {
+            "method": "full", "rank": 8, "lr": 1e-4, "seed": seed}}))
+        (run / "result.json").write_text(json.dumps({"status": "done", "steps": 30}))
+    at = open_page(app, cs_runs="20-full-seed0,21-full-seed1")
+    ok(at)
+    assert not at.error, [e.value for e in at.error]
+    labels = [m.label for m in at.metric if "full-seed" in m.label]
+    assert len(labels) == 2 and all("r=" not in x and "full fine-tune" in x for x in labels)    # no rank
+    data = figures(at)["cs_alpha"]["data"]
+    seed = next(t for t in data if str(t["name"]).startswith("seed-to-seed shift"))
+    assert "20-full-seed0" in seed["name"] and "21-full-seed1" in seed["name"]
+    assert seed["line"]["dash"] == "dot" and max(arr(seed["y"])) > 0
+    assert any("two seeds of the same recipe" in c.value for c in at.caption)
 
 
 def test_mitigation_writes_a_checkpoint_and_shows_before_after(app, pair):
@@ -202,7 +230,10 @@ def test_moe_lora_run_per_expert_and_routing_weighted(app, tmp_path):
     table = at.dataframe[0].value
     assert int(table["matrices"].iloc[0]) == 2 * 2 * 6               # 2 experts × 2 layers × 6 linears
     assert any("per expert" in c.value for c in at.caption)
-    assert any("No α shift for MoE-LoRA" in i.value for i in at.info)
+    alpha = figures(at)["cs_alpha"]["data"]                           # MoE-LoRA runs get an α shift too
+    assert any(t["name"] == label.removeprefix("Intruders · ") for t in alpha)
+    assert any(str(t["name"]).startswith("fit noise") for t in alpha)
+    assert any("mean α over its experts" in c.value for c in at.caption)
     options = at.selectbox(key="w_cs_matrix").options
     assert options[0].startswith("encoder.layer.0.attention.self.query.weight [expert 0] · 1 intruder")
     assert options[1].endswith("· 0 intruders")
