@@ -164,7 +164,8 @@ def _band(fig: go.Figure, layers, half, name: str, fill: str, hover: str, dash: 
     x = [int(v) for v in layers]
     h = [float(v) for v in half]
     fig.add_trace(go.Scatter(x=x + x[::-1], y=h + [-v for v in h[::-1]], fill="toself", fillcolor=fill, mode="lines",
-                             line=dict(width=1, color="rgba(90,90,90,0.6)", dash=dash or "solid"), name=name,
+                             line=dict(width=2 if dash else 1, color="#333" if dash else "rgba(90,90,90,0.6)",
+                                       dash=dash or "solid"), name=name,
                              hoveron="points+fills", customdata=h + h[::-1],
                              hovertemplate=f"{hover}<br>layer %{{x}}: ±%{{customdata:.3f}}<extra></extra>"))
 
