@@ -1,4 +1,4 @@
-"""Evaluation metrics: accuracy, macro-F1, Matthews correlation, perplexity, and mean ± 95 % CI over seeds."""
+"""Evaluation metrics: accuracy, macro-F1, MCC, perplexity; mean ± 95 % CI, Wilson intervals, paired bootstrap."""
 from __future__ import annotations
 
 import math
@@ -144,3 +144,88 @@ def summarise_seeds(results: Sequence[dict[str, float]], confidence: float = 0.9
         raise SpectrascopeError("no results to summarise: run at least one seed")
     names = [k for k in results[0] if all(k in r for r in results)]
     return {k: mean_ci([r[k] for r in results], confidence) for k in names}
+
+
+# ----------------------------------------------------------------------------------------------- intervals
+
+def _z(confidence: float) -> float:
+    from statistics import NormalDist
+
+    if not 0 < confidence < 1:
+        raise SpectrascopeError(f"confidence must be between 0 and 1, got {confidence}")
+    return NormalDist().inv_cdf((1 + confidence) / 2)
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (e.g. accuracy over n test rows): (low, high) with
+    centre (p + z²/2n) / (1 + z²/n) and half-width z / (1 + z²/n) · sqrt(p(1 − p)/n + z²/4n²)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise SpectrascopeError(f"a binomial interval needs at least one row, got n={n!r}")
+    if not 0 <= successes <= n:
+        raise SpectrascopeError(f"successes must be between 0 and n={n}, got {successes!r}")
+    z = _z(confidence)
+    p, z2 = successes / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    low = 0.0 if successes == 0 else max(0.0, centre - half)         # exact at the ends, no rounding residue
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
+
+
+@dataclass(frozen=True)
+class PairedDiff:
+    """Mean paired difference (arm − reference) with a percentile bootstrap interval."""
+
+    mean: float
+    low: float
+    high: float
+    seeds: int
+    rows: int
+    resamples: int
+    confidence: float = 0.95
+
+    @property
+    def detectable(self) -> bool:
+        """False when the interval contains 0."""
+        return not self.low <= 0.0 <= self.high
+
+    def verdict(self, arm: str = "arm", reference: str = "reference") -> str:
+        """'no detectable difference at this budget', '<arm> better' or '<reference> better'."""
+        if not self.detectable:
+            return "no detectable difference at this budget"
+        return f"{arm} better" if self.low > 0 else f"{reference} better"
+
+
+def paired_bootstrap(arm, reference, resamples: int = 10_000, seed: int = 0,
+                     confidence: float = 0.95) -> PairedDiff:
+    """Paired bootstrap of mean(arm) − mean(reference) over the same rows: per-row scores (1/0 for correct /
+    wrong) as (seeds, rows) arrays (or one row list for one seed).
+
+    Every seed scored the same rows, so a resample draws row indices once and uses them for both arms and every
+    seed: the statistic is the average over seeds of the per-seed mean differences. Percentile interval,
+    `resamples` draws from a fixed `seed` (numpy only, vectorised).
+    """
+    a, b = np.asarray(arm, dtype=float), np.asarray(reference, dtype=float)
+    a, b = (a[None] if a.ndim == 1 else a), (b[None] if b.ndim == 1 else b)
+    if a.shape != b.shape or a.ndim != 2:
+        raise SpectrascopeError(f"paired scores must have the same (seeds, rows) shape, got {a.shape} and {b.shape}")
+    if a.size == 0:
+        raise SpectrascopeError("no paired rows to compare: both arms need scored test rows")
+    if not np.isfinite(a).all() or not np.isfinite(b).all():
+        raise SpectrascopeError("paired scores must be finite numbers")
+    if not isinstance(resamples, int) or resamples < 100:
+        raise SpectrascopeError(f"resamples must be a whole number ≥ 100, got {resamples!r}")
+    _z(confidence)
+    seeds, n = a.shape
+    d = (a - b).mean(axis=0)                       # per row: the seed-averaged difference
+    rng = np.random.default_rng(seed)
+    values, counts = np.unique(d, return_counts=True)
+    if len(values) <= 64:                          # few distinct differences (0/1 scores): multinomial counts
+        draws = rng.multinomial(n, counts / n, size=resamples) @ values / n
+    else:                                          # resample row indices, in chunks of ~4M draws
+        chunk = max(1, 4_000_000 // n)
+        draws = np.concatenate([d[rng.integers(0, n, size=(min(chunk, resamples - i), n))].mean(axis=1)
+                                for i in range(0, resamples, chunk)])
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(draws, [alpha, 1 - alpha])
+    return PairedDiff(float(d.mean()), float(low), float(high), seeds, n, resamples, confidence)
