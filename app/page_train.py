@@ -15,7 +15,9 @@ import streamlit as st
 from analysis.config import DEFAULT_MODEL, data_dir
 from analysis.types import SpectrascopeError
 from app import common
+from app.train_format import human_bytes, human_seconds
 from training.jobs import NAME_RE, JobStore, default_name, gpu_count, job_processes, read_jsonl
+from training.model_check import model_problem
 from training.trainer import DEFAULT_LR, METHODS, TrainConfig
 
 try:
@@ -40,22 +42,6 @@ DEFAULTS = TrainConfig()                   # the form shows TrainConfig's defaul
 
 
 # ---------------------------------------------------------------- small helpers
-
-def human_bytes(n: int) -> str:
-    for unit, size in (("GB", 2**30), ("MB", 2**20), ("kB", 2**10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
-
-
-def human_seconds(s: float | None) -> str:
-    s = max(0, int(round(s or 0)))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    return f"{s // 3600}h {s % 3600 // 60:02d}m"
-
 
 def check_run_name(name: str) -> str | None:
     """Why a run name is not allowed, or None (an empty name is fine: a default is used)."""
@@ -314,8 +300,15 @@ def run_form(store: JobStore) -> None:
             procs = st.number_input("Data-parallel processes", 1, max(1, os.cpu_count() or 1),
                                     key=_default("cpu_processes", DEFAULTS.cpu_processes),
                                     help="No GPU here: this many CPU processes (torchrun, gloo) share each batch")
+        trust = st.checkbox("Trust remote code", key=_default("trust_remote_code", DEFAULTS.trust_remote_code),
+                            help="Run the model folder's own Python code (config.json auto_map): only for code "
+                                 "you trust. Recorded in the run's manifest.")
     st.markdown("**Allocation**")
     allocation, problems = allocation_section(method, model)
+    if model:                              # config, architecture, weights, tokenizer: cached per folder state
+        with st.spinner("Checking the model…"):
+            problem = model_problem(None if model == DEFAULT_MODEL else model, bool(trust))
+        problems[:0] = [f"Model **{model}** cannot be used: {problem}"] if problem else []
     for problem in problems:
         st.error(problem, icon=":material/error:")
     if not st.button("Submit", type="primary", icon=":material/play_arrow:", key=K + "submit"):
@@ -329,6 +322,7 @@ def run_form(store: JobStore) -> None:
     config = {"method": method, "model": None if model == DEFAULT_MODEL else model, "task": task, "lr": lr,
               "warmup_ratio": float(warmup), "weight_decay": float(decay), "dropout": float(dropout), "alpha": alpha,
               "keep_best": bool(keep_best), "device": device, ("gpus" if gpus else "cpu_processes"): int(procs),
+              "trust_remote_code": bool(trust),
               **{k: None if v is None else int(v) for k, v in ints.items()}}
     if method == "moe_lora":
         config["load_balance_coef"] = float(balance)

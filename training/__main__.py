@@ -29,6 +29,10 @@ SUBMIT_OPTIONS = [
 ]
 
 
+TRUST_HELP = ("run the model folder's own Python code (config.json auto_map); only for code you trust; "
+              "recorded in the run manifest")
+
+
 def add_job_parsers(sub) -> None:
     """The job sub-commands: submit, list, show, cancel, logs."""
     p = sub.add_parser("submit", help="queue a fine-tune and start it when a slot is free")
@@ -38,6 +42,7 @@ def add_job_parsers(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other training option (value parsed as JSON when it can be), repeatable")
     p.add_argument("--name", help="run name: letters, digits, '_', '.', '-' (default: <method>-<task>)")
+    p.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)
     p.add_argument("--wait", action="store_true", help="block until the job ends; print its result as JSON")
     p.set_defaults(run=run_submit)
 
@@ -65,6 +70,18 @@ def _add_evaluation_parsers(sub) -> None:
 
     evaluation.add_parser(sub)
     study.add_parser(sub)
+    p = sub.choices["study"]                     # every job of a study (and its base evaluation) gets the opt-in
+    p.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)
+    p.set_defaults(run=_with_trust(p.get_default("run")))
+
+
+def _with_trust(run):
+    """`run(args)` with --trust-remote-code passed on as the training option trust_remote_code=true."""
+    def wrapped(args) -> int:
+        if args.trust_remote_code:
+            args.set = [*args.set, "trust_remote_code=true"]
+        return run(args)
+    return wrapped
 
 
 # Each entry adds sub-commands that set `run(args) -> int`; a new command module adds its add_parser here.
@@ -89,6 +106,8 @@ def submit_config(args) -> dict:
     config = {"method": args.method}
     config.update({dest: getattr(args, dest) for _, dest, _, _ in SUBMIT_OPTIONS if getattr(args, dest) is not None})
     config.update(_parse_set(args.set))
+    if getattr(args, "trust_remote_code", False):
+        config["trust_remote_code"] = True
     return config
 
 

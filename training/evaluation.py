@@ -155,10 +155,10 @@ def evaluate_base(model: str | None = None, task: str = "rotten_tomatoes", split
 
     split = _check_split(split)
     cfg = eval_config(model, task, options)
+    decoder = _is_decoder(cfg)                 # the model folder is checked before any data or weights load
     task_obj, rows = _task_and_rows(cfg)
     store = store or EvalStore()
     rows_hash = data_hash({"train": rows["train"], split: rows[split]})
-    decoder = _is_decoder(cfg)
     ids = [base_id(cfg.model)] + ([] if decoder else [base_id(cfg.model, HEAD)])
     if not recompute:
         stored = {i: store.get(i, task_obj.name, split, rows_hash) for i in ids}
@@ -179,11 +179,10 @@ def base_rows_hashes(model: str | None, task: str, options: dict | None = None) 
 
 
 def _is_decoder(cfg) -> bool:
-    from transformers import AutoConfig
+    """Whether the config's model is a decoder, after its folder passed training.model_check (one line if not)."""
+    from training.model_check import check_model
 
-    from training.trainer import is_decoder, model_folder
-
-    return is_decoder(AutoConfig.from_pretrained(model_folder(cfg.model)))
+    return check_model(cfg.model, cfg.trust_remote_code).decoder
 
 
 def compute_base(cfg, task, rows: dict, split: str, decoder: bool) -> dict[str, dict[str, float]]:
@@ -224,8 +223,8 @@ def linear_probe(cfg, task, train_rows: list[dict], eval_rows: list[dict], folde
 
     from training.metrics import score
 
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    encoder = AutoModel.from_pretrained(folder).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=cfg.trust_remote_code)
+    encoder = AutoModel.from_pretrained(folder, trust_remote_code=cfg.trust_remote_code).to(device).eval()
 
     def texts_labels(rows):
         if task.kind == "classification":
@@ -338,9 +337,33 @@ def evaluate_run(job_id: int, split: str = "validation", task: str | None = None
         stored = store.get(str(job.id), name, split, "")
         if stored:
             return stored
+    check_run_models(job.run_dir)
     metrics = compute_run(job.run_dir, split, task if name != own else None)
     store.record(str(job.id), name, split, metrics, None, "", replace=True)
     return metrics
+
+
+def check_run_models(run_dir: str | Path) -> None:
+    """A finished run's base folder (or full model) passes training.model_check and its LoRA adapter fits that
+    base; one-line SpectrascopeError if not (an unreadable manifest is left to load_artifacts to report)."""
+    from analysis.sources import open_source
+    from training.model_check import check_folder, one_line
+    from training.trainer import ARTIFACT_DIRS
+
+    run_dir = Path(run_dir)
+    try:
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        config, folder = manifest["config"], Path(manifest["model_folder"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    trust, method = config.get("trust_remote_code") is True, config.get("method")
+    artifacts = run_dir / "artifacts" / ARTIFACT_DIRS.get(method, "")
+    try:
+        check_folder(artifacts if method == "full" and artifacts.is_dir() else folder, trust)
+        if method == "lora" and (artifacts / "adapter_config.json").is_file():
+            open_source(folder, artifacts, trust_remote_code=trust)     # headers only: shapes against the base
+    except SpectrascopeError as exc:
+        raise SpectrascopeError(f"run {run_dir.name} cannot be evaluated: {one_line(exc)}") from None
 
 
 def compute_run(run_dir: str | Path, split: str, task: str | None = None) -> dict[str, float]:
@@ -376,6 +399,9 @@ def add_parser(sub) -> None:
     p.add_argument("--recompute", action="store_true", help="recompute even when stored numbers exist")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="base models: row limits etc. as training options, e.g. --set max_eval_rows=100")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="base models: run the model folder's own Python code (config.json auto_map); a run uses "
+                        "the choice recorded in its manifest")
     p.set_defaults(run=run_cli)
 
 
@@ -385,6 +411,11 @@ def run_cli(args) -> int:
 
     splits = SPLITS if args.split == "both" else (args.split,)
     options = _parse_set(args.set)
+    if getattr(args, "trust_remote_code", False):
+        if args.run_id is not None:
+            raise SpectrascopeError("--trust-remote-code applies to --base only: a run uses the choice recorded in "
+                                    "its manifest")
+        options["trust_remote_code"] = True
     for split in splits:
         if args.run_id is not None:
             if options:

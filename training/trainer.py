@@ -56,6 +56,7 @@ class TrainConfig:
     gpus: int = 1                          # GPUs per job (more than one: data parallel, one process per GPU)
     cpu_processes: int = 1                 # data-parallel processes of a job on a machine without GPUs
     name: str | None = None
+    trust_remote_code: bool = False        # run the model folder's own code (config.json auto_map)
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
@@ -163,13 +164,14 @@ def build_model(cfg: TrainConfig, folder: Path, task, decoder: bool):
     """The base model for the task (classification head for encoders, LM head for decoders) and its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=cfg.trust_remote_code)
     if decoder:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
+                                                     trust_remote_code=cfg.trust_remote_code)
     else:
         labels = list(task.label_names)
         model = AutoModelForSequenceClassification.from_pretrained(
-            folder, dtype=torch.float32, num_labels=len(labels),
+            folder, dtype=torch.float32, num_labels=len(labels), trust_remote_code=cfg.trust_remote_code,
             id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
     if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -322,9 +324,9 @@ def prepare_config(config: dict) -> dict:
         cfg.allocation_file = str(path.resolve())
     if cfg.allocation is not None and not isinstance(cfg.allocation, dict):
         raise SpectrascopeError("the allocation must be a JSON object")
-    from transformers import AutoConfig
+    from training.model_check import check_model
 
-    hf_config = AutoConfig.from_pretrained(model_folder(cfg.model))
+    hf_config = check_model(cfg.model, cfg.trust_remote_code).config   # config, architecture, weights, tokenizer
     decoder = is_decoder(hf_config)
     task = load_task(cfg)
     if task.kind != "classification" and not decoder:
@@ -424,7 +426,7 @@ def _train(cfg: TrainConfig, run_dir: Path, progress, local_stop, ranks, device,
     folder = model_folder(cfg.model)
     task = load_task(cfg)
     rows = split_rows(task, cfg)
-    decoder = is_decoder(AutoConfig.from_pretrained(folder))
+    decoder = is_decoder(AutoConfig.from_pretrained(folder, trust_remote_code=cfg.trust_remote_code))
     if ranks.main:
         write_manifest(run_dir, cfg, folder, rows, decoder, ranks.world)
     model, tokenizer = build_model(cfg, folder, task, decoder)

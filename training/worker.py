@@ -37,6 +37,16 @@ class Heartbeat(threading.Thread):
             self.beat()
 
 
+def failure_reason(exc: BaseException) -> str:
+    """Why a run failed, as one readable line: ours as said, anything else as its type and first line."""
+    from training.model_check import one_line
+
+    text = one_line(exc)
+    if isinstance(exc, SpectrascopeError):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text} (the traceback is in the run's log)" if text else type(exc).__name__
+
+
 def run_rank(store: JobStore, job_id: int) -> str:
     """A non-zero rank of a data-parallel job: train alongside rank 0, which records everything."""
     from training.trainer import train
@@ -52,7 +62,8 @@ def run_rank(store: JobStore, job_id: int) -> str:
 
 
 def run_job(store: JobStore, job_id: int) -> str:
-    """Train job `job_id` and record progress, result and final status; return that status."""
+    """Train job `job_id` (or evaluate the base model) and record progress, result and final status."""
+    from training.base_jobs import is_base_eval, run_base_eval
     from training.trainer import train
 
     job = store.get(job_id)
@@ -80,17 +91,13 @@ def run_job(store: JobStore, job_id: int) -> str:
     heartbeat.start()
     print(f"job {job_id} ({job.name}) started, pid {os.getpid()}, config {json.dumps(job.config)}", flush=True)
     try:
-        result = train(job.config, run_dir, progress=progress, should_stop=should_stop)
+        runner = run_base_eval if is_base_eval(job.config) else train
+        result = runner(job.config, run_dir, progress=progress, should_stop=should_stop)
         status = "cancelled" if result.get("status") == "cancelled" else "done"
         error = "cancelled" if status == "cancelled" else None
-    except SpectrascopeError as exc:
-        traceback.print_exc()
-        status, error = "failed", str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        result = {"status": "failed", "error": error}
     except BaseException as exc:  # noqa: BLE001 - every failure must end up in the table
-        traceback.print_exc()
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        status, error = "failed", f"{type(exc).__name__}: {first}".rstrip(": ")
+        traceback.print_exc()            # the traceback goes to the run's log only; the table gets one line
+        status, error = "failed", failure_reason(exc)
         result = {"status": "failed", "error": error}
     finally:
         heartbeat.done.set()

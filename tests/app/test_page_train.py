@@ -211,3 +211,53 @@ def test_run_detail_names_data_parallel_processes(app, data, tiny_bert):
     ok(at)
     captions = " ".join(c.value for c in at.caption)
     assert "2 data-parallel processes" in captions
+
+
+def _broken_copy(tiny_bert: str, where: Path, case: str) -> str:
+    """A copy of the tiny BERT broken one way: no tokenizer, custom code (auto_map), truncated weights."""
+    import shutil
+
+    folder = where / case
+    shutil.copytree(tiny_bert, folder)
+    if case == "no_tokenizer":
+        for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            (folder / name).unlink()
+    elif case == "custom_code":
+        values = json.loads((folder / "config.json").read_text())
+        values.update(model_type="spectro_custom", auto_map={"AutoConfig": "configuration_x.XConfig"})
+        (folder / "config.json").write_text(json.dumps(values))
+    else:
+        weights = folder / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+    return str(folder)
+
+
+@pytest.mark.parametrize("case, needles", [
+    ("no_tokenizer", ["no real tokenizer", "[UNK]"]),
+    ("custom_code", ["own Python code", "Trust remote code"]),
+    ("truncated", ["model.safetensors", "truncated"]),
+])
+def test_bad_model_folder_is_an_error_before_submit_and_nothing_starts(app, data, tiny_bert, tmp_path, case,
+                                                                        needles):
+    from app.common import OTHER
+
+    folder = _broken_copy(tiny_bert, tmp_path, case)
+    at = train_page(app, model=tiny_bert)
+    assert not at.error
+    at.selectbox(key="tr_model").set_value(OTHER).run()
+    at.text_input(key="tr_model_path").set_value(folder).run()
+    ok(at)
+    shown = [e.value for e in at.error if "cannot be used" in e.value]
+    assert len(shown) == 1 and folder in shown[0] and "\n" not in shown[0], [e.value for e in at.error]
+    assert all(n in shown[0] for n in needles), shown[0]
+    at.button(key="tr_submit").click().run()
+    ok(at)
+    assert any("Not submitted" in e.value for e in at.error)
+    assert JobStore(data).list() == [] and not jobs._CHILDREN
+    assert not any((data / "runs").glob("*"))
+    if case == "custom_code":                    # the opt-in: the folder's code is asked for (and missing here)
+        assert at.checkbox(key="tr_trust_remote_code").value is False
+        at.checkbox(key="tr_trust_remote_code").check().run()
+        ok(at)
+        [after] = [e.value for e in at.error if "cannot be used" in e.value]
+        assert "configuration_x.py" in after and "Trust remote code" not in after
