@@ -157,23 +157,44 @@ def alphalora(scores: Sequence[float], budget: int, beta: float = DEFAULT_BETA, 
               max_experts: int | None = None) -> list[int]:
     """AlphaLoRA (Qing et al., EMNLP 2024): n_l ≈ T·α_l^β/Σα^β, each layer in [min, max], Σ n_l = T exactly.
 
-    Every layer first gets `min_experts` = m; the remaining T − L·m are shared by α^β (water-filling under the
-    maximum: capped layers keep the cap and their excess goes to the others by the same rule), then rounded by
-    largest remainder (floor, leftover units to the largest fractional parts, ties to the lower layer index).
-    β = 0 gives the uniform allocation.
+    The minimum and maximum are true bounds filled by water-filling: the ideal n_l* = T·share_l stands for every
+    layer it leaves inside [min, max]; only a layer whose ideal falls below the minimum is lifted to it (or one
+    above the maximum is capped), and the rest of the budget is shared again by α^β among the other layers. So
+    with no layer below the floor the allocation IS the paper's rule (the default minimum 1 changes nothing
+    then); a layer gets 0 experts, and no adapter, only with min 0. The ideals are rounded by largest remainder
+    (floor, leftover units to the largest fractional parts, ties to the lower layer index). β = 0 is uniform.
     """
     return _alpha_integers(scores, budget, beta, min_experts, max_experts, "experts")
+
+
+def _bounded_ideals(logs: list[float], beta: float, total: int, lo: int, hi: int | None) -> list[float]:
+    """Real ideals x_l = clamp(λ·α_l^β, lo, hi) with Σ x_l = total (water-filling from both sides).
+
+    Share under the cap (_waterfill); any layer below the floor is fixed at it and the others are shared again.
+    Fixing floors only takes budget from the rest, so λ only falls and a fixed layer never needs lifting off
+    its floor: at most L rounds.
+    """
+    n = len(logs)
+    ideal = [float(lo)] * n
+    active = list(range(n))
+    while active:
+        shared = _waterfill([logs[i] for i in active], beta, total - lo * (n - len(active)), hi)
+        low = {i for i, x in zip(active, shared) if x < lo}
+        if not low:
+            for i, x in zip(active, shared):
+                ideal[i] = x
+            break
+        active = [i for i in active if i not in low]
+    return ideal
 
 
 def _alpha_integers(scores, total, beta, lo, hi, unit) -> list[int]:
     alphas = _check_scores(scores)
     beta = _check_beta(beta)
     _check_limits(len(alphas), total, lo, hi, unit)
-    extra = total - len(alphas) * lo
-    cap = None if hi is None else hi - lo
-    ideal = _waterfill([math.log(a) for a in alphas], beta, extra, cap)
+    ideal = _bounded_ideals([math.log(a) for a in alphas], beta, total, lo, hi)
     ties = alphas if beta > 0 else None      # β = 0: scores play no part, remainder to the lowest indices
-    return [lo + v for v in largest_remainder(ideal, extra, ties, cap)]
+    return largest_remainder(ideal, total, ties, hi)
 
 
 def uniform(n_layers: int, budget: int, min_experts: int = 0, max_experts: int | None = None) -> list[int]:
@@ -394,7 +415,8 @@ def count_lora_params(matrices: Sequence[MatrixInfo], ranks: Sequence[int],
 # --- ranks and peft export
 def allocate_ranks(scores: Sequence[float], rank_budget: int, beta: float = DEFAULT_BETA, min_rank: int = 1,
                    max_rank: int | None = None) -> list[int]:
-    """α-driven LoRA ranks r_l with Σ r_l = R, by the AlphaLoRA shares and the same rounding (minimum rank 1)."""
+    """α-driven LoRA ranks r_l with Σ r_l = R, by the AlphaLoRA shares and the same rounding; the minimum rank
+    (default 1) and the maximum are water-filled bounds, as in alphalora."""
     return _alpha_integers(scores, rank_budget, beta, min_rank, max_rank, "rank")
 
 

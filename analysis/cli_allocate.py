@@ -32,7 +32,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experts", help="comma-separated expert counts per layer for --strategy manual")
     p.add_argument("--budget", help="total experts T (default 5 × layers)")
     p.add_argument("--beta", default=str(al.DEFAULT_BETA), help="AlphaLoRA exponent β (default 2.5; 0 = uniform)")
-    p.add_argument("--min", dest="min_experts", default="1", help="minimum experts per layer (default 1; 0 allowed)")
+    p.add_argument("--min", dest="min_experts", default="1",
+                   help="minimum experts per layer, a water-filled floor: only layers whose share T·α^β/Σα^β falls "
+                        "below it are lifted, the rest keep the paper's rule (default 1; 0 allowed)")
     p.add_argument("--max", dest="max_experts", help="maximum experts per layer (default none)")
     p.add_argument("--rank", default=str(al.DEFAULT_RANK),
                    help="LoRA rank of each expert, for the parameter count (default 8)")

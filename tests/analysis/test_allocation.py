@@ -22,22 +22,36 @@ ROOT = Path(__file__).resolve().parents[2]
 # ------------------------------------------------------------------------------------------------ hand-computed cases
 
 def test_alphalora_hand_computed():
-    # scores [3, 2, 4, 2.5], T = 10, β = 2.5, min 1: every layer gets 1, the other 6 go by α^2.5.
-    # α^2.5 = 15.588, 5.657, 32.000, 9.882 (Σ 63.127) → ideals 6·share = 1.482, 0.538, 3.042, 0.939
-    # floors 1, 0, 3, 0 (Σ 4); 2 left → largest fractions: layer 3 (.939), layer 1 (.538) → extra 1, 1, 3, 1
-    assert al.alphalora([3.0, 2.0, 4.0, 2.5], 10, beta=2.5) == [2, 2, 4, 2]
+    # scores [3, 2, 4, 2.5], T = 10, β = 2.5, min 1. α^2.5 = 15.588, 5.657, 32.000, 9.882 (Σ 63.127)
+    # → ideals T·share = 2.469, 0.896, 5.069, 1.565. Layer 1 is below the floor: fixed at 1; the other 9 are
+    # shared again over {0, 2, 3} (Σ 57.471): 2.441, 5.011, 1.548. Floors 2, 1, 5, 1 (Σ 9); 1 left → the
+    # largest fraction, layer 3 (.548) → [2, 1, 5, 2].
+    assert al.alphalora([3.0, 2.0, 4.0, 2.5], 10, beta=2.5) == [2, 1, 5, 2]
+    # the old "everyone gets the minimum first" rule would give [2, 2, 4, 2], flattening the contrast
+
+
+def test_alphalora_floor_not_binding_is_the_papers_rule():
+    # scores [3, 2, 4, 2.5], T = 40: ideals 9.877, 3.584, 20.276, 6.262 — none below 1, so min 1 = min 0 =
+    # plain largest remainder of T·share: floors 9, 3, 20, 6 (Σ 38); 2 left → layer 0 (.877), layer 1 (.584)
+    assert al.alphalora([3.0, 2.0, 4.0, 2.5], 40, beta=2.5) == [10, 4, 20, 6]
+    assert al.alphalora([3.0, 2.0, 4.0, 2.5], 40, beta=2.5, min_experts=0) == [10, 4, 20, 6]
+    assert al.alphalora([3.0, 2.0, 4.0, 2.5], 40, beta=2.5, min_experts=3) == [10, 4, 20, 6]
+    # min 5 binds on layer 1 (3.584 < 5): lifted to 5, 35 shared over {0, 2, 3} (Σ 57.471): 9.493, 19.488,
+    # 6.018 → floors 9, 19, 6 (+5 = 39); 1 left → layer 0 (.493 > .488) → [10, 5, 19, 6]. (Giving every layer
+    # 5 first and sharing 20 would give [10, 7, 15, 8].)
+    assert al.alphalora([3.0, 2.0, 4.0, 2.5], 40, beta=2.5, min_experts=5) == [10, 5, 19, 6]
 
 
 def test_alphalora_hand_computed_with_max():
-    # same, max 3 → extra cap 2. Round 1: layer 2 ideal 3.04 ≥ 2 → capped, 4 left for {0, 1, 3}:
-    # 4·(15.588, 5.657, 9.882)/31.127 = 2.003, 0.727, 1.270 → layer 0 capped, 2 left for {1, 3}:
-    # 2·(5.657, 9.882)/15.539 = 0.728, 1.272 → floors 0, 1, 1 left → layer 1 (.728) → extra 2, 1, 2, 1
-    assert al.alphalora([3.0, 2.0, 4.0, 2.5], 10, beta=2.5, max_experts=3) == [3, 2, 3, 2]
+    # same scores, T = 10, min 1, max 3. Under the cap: layer 2 ideal 5.069 ≥ 3 → capped, 7 left for {0, 1, 3}:
+    # 7·(15.588, 5.657, 9.882)/31.127 = 3.506 → layer 0 capped, 4 left for {1, 3}: 4·(5.657, 9.882)/15.539 =
+    # 1.456, 2.544; none below 1. Floors 3, 1, 3, 2 (Σ 9); 1 left → layer 3 (.544) → [3, 1, 3, 3]
+    assert al.alphalora([3.0, 2.0, 4.0, 2.5], 10, beta=2.5, max_experts=3) == [3, 1, 3, 3]
 
 
 def test_alphalora_hand_computed_min_zero():
     # scores [1, 10], β = 2.5, T = 3, min 0: weights 1 : 316.23 → ideals 0.0095, 2.9905
-    # floors 0, 2; 1 left → layer 1 (.9905) → [0, 3]. With min 1: ideals 0.0032, 0.9968 → [1, 2].
+    # floors 0, 2; 1 left → layer 1 (.9905) → [0, 3]. With min 1 layer 0 is lifted to 1 and layer 1 gets 2.
     assert al.alphalora([1.0, 10.0], 3, beta=2.5, min_experts=0) == [0, 3]
     assert al.alphalora([1.0, 10.0], 3, beta=2.5, min_experts=1) == [1, 2]
 
@@ -113,16 +127,41 @@ def test_property_sum_bounds_monotone(problem):
                 assert n[i] - n[j] in (0, 1)
 
 
+def clamped_ideals_by_bisection(scores, total, beta, lo, hi):
+    """Independent reference: x_l = clamp(λ·α_l^β, lo, hi) with λ found by bisection on Σ x_l = total."""
+    w = [(a / max(scores)) ** beta for a in scores]
+    top = hi if hi is not None else total
+
+    def xs(lam):
+        return [min(top, max(lo, lam * v)) for v in w]
+    a, b = 0.0, 1.0
+    while sum(xs(b)) < total:
+        b *= 2
+    for _ in range(200):
+        m = (a + b) / 2
+        a, b = (m, b) if sum(xs(m)) < total else (a, m)
+    return xs(b)
+
+
+@settings(max_examples=300, deadline=None)
+@given(problems())
+def test_property_within_one_of_the_water_filled_ideal(problem):
+    # every layer is within one expert of clamp(λ·α^β, min, max), Σ = T; computed here by bisection on λ
+    scores, budget, beta, lo, hi = problem
+    n = al.alphalora(scores, budget, beta, lo, hi)
+    for v, x in zip(n, clamped_ideals_by_bisection(scores, budget, beta, lo, hi)):
+        assert abs(v - x) < 1 + 1e-6
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.floats(0.05, 20.0), min_size=1, max_size=40), st.floats(0.0, 8.0), st.integers(0, 2),
        st.integers(0, 300))
-def test_property_largest_remainder_without_max(scores, beta, lo, extra):
-    # without a maximum every layer is within one of its ideal m + (T − L·m)·share_l
+def test_property_floor_not_binding_equals_min_zero(scores, beta, lo, extra):
+    # when T·share_l ≥ min for every layer, the minimum changes nothing: the paper's rule (min 0)
     budget = len(scores) * lo + extra
-    n = al.alphalora(scores, budget, beta, lo)
     shares = al.alpha_shares(scores, beta)
-    for v, s in zip(n, shares):
-        assert abs(v - (lo + extra * s)) < 1 + 1e-9
+    if min(budget * s for s in shares) >= lo:
+        assert al.alphalora(scores, budget, beta, lo) == al.alphalora(scores, budget, beta, 0)
 
 
 @settings(max_examples=100, deadline=None)
@@ -159,7 +198,7 @@ def test_allocate_strategies_and_total():
     m = al.allocate("manual", experts=[0, 1, 3])
     assert m.top_k == [0, 1, 2] and m.total == 4
     d = al.allocate(scores=[3.0, 2.0, 4.0, 2.5], budget=10)
-    assert d.strategy == "alphalora" and d.experts == [2, 2, 4, 2]
+    assert d.strategy == "alphalora" and d.experts == [2, 1, 5, 2]          # test_alphalora_hand_computed
 
 
 # ------------------------------------------------------------------------------------------------ validation
@@ -252,8 +291,10 @@ def test_json_round_trip():
     al.add_rank_allocation(a, 32)
     text = al.to_json(a)
     d = json.loads(text)
-    assert d["schema"] == al.SCHEMA and d["experts"] == [2, 2, 4, 2] and d["total"] == 10
-    assert d["ranks"] == [8, 4, 15, 5] and sum(d["ranks"]) == 32
+    assert d["schema"] == al.SCHEMA and d["experts"] == [2, 1, 5, 2] and d["total"] == 10
+    # ranks, R = 32: 32·share = 7.902, 2.868, 16.221, 5.009 (no floor binds) → floors 7, 2, 16, 5; 2 left →
+    # layer 0 (.902), layer 1 (.868)
+    assert d["ranks"] == [8, 3, 16, 5] and sum(d["ranks"]) == 32
     b = al.from_json(text)
     assert b.to_dict() == a.to_dict()
 
@@ -403,7 +444,7 @@ def test_cli_scores():
     p = cli("--scores", "3,2,4,2.5", "--budget", "10")
     assert p.returncode == 0, p.stderr
     d = json.loads(p.stdout)
-    assert d["experts"] == [2, 2, 4, 2] and d["top_k"] == [2, 2, 2, 2] and d["total"] == 10
+    assert d["experts"] == [2, 1, 5, 2] and d["top_k"] == [2, 1, 2, 2] and d["total"] == 10
 
 
 def test_cli_defaults_and_presets(tmp_path):
@@ -417,7 +458,7 @@ def test_cli_defaults_and_presets(tmp_path):
     assert json.loads(out.read_text())["experts"] == [2, 2, 2, 4, 4, 4, 6, 6, 6, 8, 8, 8]
     p = cli("--scores", "3,2,4,2.5", "--budget", "10", "--rank-budget", "32")
     d = json.loads(p.stdout)
-    assert d["ranks"] == [8, 4, 15, 5] and len(d["rank_pattern"]) == 4 and d["alpha_pattern"]
+    assert d["ranks"] == [8, 3, 16, 5] and len(d["rank_pattern"]) == 4 and d["alpha_pattern"]
 
 
 @pytest.mark.parametrize("args, fragment", [
