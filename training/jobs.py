@@ -231,12 +231,13 @@ class JobStore:
         Nothing is started when the config, the model, the task data or the name is bad: a SpectrascopeError
         says what was wrong.
         """
+        from training.base_jobs import check_base_eval, is_base_eval
         from training.trainer import prepare_config
 
         given = (config or {}).get("name") if name is None else name
         if given is not None:
             validate_name(given)            # cheap checks first: a bad name never loads the data
-        clean = prepare_config(config)
+        clean = check_base_eval(config) if is_base_eval(config) else prepare_config(config)
         clean.pop("name", None)
         check_machine(clean)
         name = validate_name(given if given is not None else default_name(clean))
