@@ -308,7 +308,7 @@ def run_form(store: JobStore) -> None:
     if model:                              # config, architecture, weights, tokenizer: cached per folder state
         with st.spinner("Checking the model…"):
             problem = model_problem(None if model == DEFAULT_MODEL else model, bool(trust))
-        problems[:0] = [f"Model **{model}** cannot be used: {problem}"] if problem else []
+        problems[:0] = [f"This model cannot be used: {problem}"] if problem else []     # the line names it
     for problem in problems:
         st.error(problem, icon=":material/error:")
     if not st.button("Submit", type="primary", icon=":material/play_arrow:", key=K + "submit"):
