@@ -180,8 +180,8 @@ def test_balance_loss_ignores_padding_through_model_hook(bert):
     assert torch.allclose(loss, same, atol=1e-6) and torch.allclose(loss, positional, atol=1e-7)
     assert not torch.allclose(loss, unmasked, atol=1e-6)
     assert torch.allclose(loss, copied, atol=1e-7)
-    n_routed = 6 * 6
-    assert 0.01 * n_routed * 0.99 < loss.item() < 0.01 * n_routed * 4   # each L >= ~1 (uniform) and <= N
+    n_blocks = 6                                                # one term per block (MoLA), not per matrix
+    assert 0.01 * n_blocks * 0.99 < loss.item() < 0.01 * n_blocks * 4   # each L >= ~1 (uniform) and <= N
 
 
 def test_layers_of_one_call_share_one_token_mask(bert):
@@ -228,6 +228,71 @@ def test_experts_run_on_real_tokens_only(bert_cls):
     out = bert_cls(**batch, labels=torch.tensor([0, 1, 1]))
     (out.loss + load_balance_loss(bert_cls)).backward()
     assert layer.lora_A.grad.abs().sum() > 0 and layer.router.weight.grad.abs().sum() > 0
+
+
+def test_balance_loss_is_one_term_per_block_pooled_over_its_matrices(bert):
+    # MoLA: L_l = N · Σ_e f_e P_e over the router outputs of ALL the block's adapted matrices together, summed
+    # over blocks — not one term per matrix. Reference from the routers' own inputs, recomputed here by hand.
+    inject_moe_lora(bert, MoELoraConfig([4] * 6, top_k=[2] * 6, load_balance_coef=1.0))
+    randomize_experts(bert)
+    inputs = {}
+    hooks = [layer.register_forward_pre_hook(lambda m, a, name=name: inputs.__setitem__(name, a[0].detach()))
+             for name, layer in moe_lora_layers(bert)]
+    batch = bert_batch()
+    with torch.no_grad():
+        bert(**batch)
+        got = load_balance_loss(bert)
+    for h in hooks:
+        h.remove()
+    real = batch["attention_mask"].reshape(-1).bool()
+    expected, per_matrix = 0.0, 0.0
+    for block in range(6):
+        picks, probs, tokens = torch.zeros(4), torch.zeros(4), 0
+        for name, layer in moe_lora_layers(bert):
+            if f"layer.{block}." not in name:
+                continue
+            x = inputs[name].reshape(-1, layer.d_in)[real]
+            p = torch.softmax(x @ layer.router.weight.T, -1)
+            chosen = torch.zeros_like(p).scatter_(1, p.topk(2, -1).indices, 1.0)
+            picks, probs, tokens = picks + chosen.sum(0), probs + p.sum(0), tokens + len(x)
+            per_matrix += float(4 * (chosen.mean(0) / 2) @ p.mean(0))
+        expected += float(4 * (picks / (2 * tokens)) @ (probs / tokens))
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    assert per_matrix > 5 * expected                   # the old sum over matrices weighed it about 6×
+
+
+def test_experts_draw_their_own_dropout_masks():
+    # MoLA gives every expert its own nn.Dropout: in training each expert sees its own mask of x.
+    # Reference: the masks the layer drew, recorded, and the expert sum Σ_e g_e B_e A_e (m_e ⊙ x) by hand.
+    from training.dropout import FastDropout
+
+    class Recording(FastDropout):
+        def forward(self, x):
+            self.last_in, out = x, super().forward(x)
+            self.last_out = out
+            return out
+
+    torch.manual_seed(0)
+    layer = MoELoraLinear(nn.Linear(12, 5), n_experts=3, top_k=2, r=2, lora_alpha=4, dropout=0.5).train()
+    layer.dropout = Recording(0.5)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    x = torch.randn(7, 12)
+    out = layer(x)
+    dropped = layer.dropout.last_out                                       # (N, T, d_in): one mask per expert
+    assert dropped.shape == (3, 7, 12)
+    assert not torch.equal(dropped[0] != 0, dropped[1] != 0)               # different masks
+    _, _, gate = layer.route(x)
+    expected = layer.base_layer(x)
+    for e in range(3):
+        expected = expected + layer.scaling * gate[:, e:e + 1] * (dropped[e] @ layer.lora_A[e].T @ layer.lora_B[e].T)
+    assert torch.allclose(out, expected, atol=1e-5)
+    layer.per_expert_dropout = False                                       # the shared-mask variant stays
+    assert layer.dropout(x).shape == (7, 12) and layer(x).shape == (7, 5)
+    layer.eval()                                                           # no dropout in eval: one path
+    assert torch.allclose(layer(x), layer.base_layer(x) + layer.add_experts(torch.zeros(7, 5), x,
+                                                                            layer.route(x)[2] * layer.scaling),
+                          atol=1e-5)
 
 
 def test_zero_coef_disables_balance_loss(bert):

@@ -99,7 +99,7 @@ def add_matmul(out: torch.Tensor, z: torch.Tensor, B: torch.Tensor) -> torch.Ten
 
 
 class MoELoraLinear(nn.Module):
-    """h = W0 x + s * sum_{e in topk(x)} p_hat_e(x) B_e A_e dropout(x), per token.
+    """h = W0 x + s * sum_{e in topk(x)} p_hat_e(x) B_e A_e dropout_e(x), per token (dropout_e: expert e's own mask).
 
     router: Linear(d_in -> N, no bias) on the clean x; p = softmax in float32; the top-k probabilities are
     renormalised to sum to 1 (p_hat), the others are 0. With N = 1 this is plain LoRA: no router, gate = 1.
@@ -125,7 +125,10 @@ class MoELoraLinear(nn.Module):
             nn.init.kaiming_uniform_(self.lora_A.data[e], a=math.sqrt(5))
         self.track_balance = track_balance and n_experts > 1
         self.mask_state = MaskState()           # replaced by the model-wide one on injection
-        self.balance_loss: torch.Tensor | None = None  # L = N * sum_e f_e P_e of the last forward
+        self.block: int | None = None           # transformer block index, set on injection
+        self.balance_loss: torch.Tensor | None = None  # L = N * sum_e f_e P_e of the last forward (this matrix)
+        self.route_stats: tuple | None = None   # (selections per expert, summed probs, tokens) of the last forward
+        self.per_expert_dropout = True          # one dropout mask per expert (MoLA); False: one shared mask
         self.collect_gates = False              # routing_weighted_delta: accumulate the mean gate
         self.gate_sum: torch.Tensor | None = None
         self.gate_count = 0
@@ -153,6 +156,11 @@ class MoELoraLinear(nn.Module):
             return probs.sum()                                                 # 0, still on the graph
         return (chosen.mean(0) @ probs.mean(0)) * (self.n_experts / self.top_k)
 
+    def stats(self, probs: torch.Tensor, chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(selections per expert, summed router probabilities per expert, tokens) over the rows given: what a
+        block-level balance loss pools over the block's adapted matrices (model.load_balance_loss)."""
+        return chosen.sum(0), probs.sum(0), int(probs.shape[0])
+
     # -- forward -----------------------------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -171,20 +179,25 @@ class MoELoraLinear(nn.Module):
         tokens = self.mask_state.tokens(lead)
         rows = None if tokens is None else tokens.index
         xr = xs if rows is None else xs.index_select(0, rows)                  # (T', d_in) real tokens
-        xd = self.dropout(xr if xr.dtype == self.lora_A.dtype else xr.to(self.lora_A.dtype))
+        xa = xr if xr.dtype == self.lora_A.dtype else xr.to(self.lora_A.dtype)
         target = out if rows is None else out.new_zeros(xr.shape[0], self.d_out)
         if self.router is None:                                                # N = 1: plain LoRA, gate = 1
             if self.collect_gates:
                 self._accumulate(xr.new_ones(xr.shape[0], 1, dtype=torch.float32))
-            z = F.linear(xd, self.lora_A[0]) * self.scaling                    # (T', r)
+            z = F.linear(self.dropout(xa), self.lora_A[0]) * self.scaling      # (T', r)
             delta = add_matmul(target, z, self.lora_B[0])
         else:
             probs, chosen, gate = self.route(xr)
             if self.track_balance:
                 self.balance_loss = self.switch_loss(probs, chosen)
+                self.route_stats = self.stats(probs, chosen)
             if self.collect_gates:
                 self._accumulate(gate)
-            delta = self.add_experts(target, xd, (gate * self.scaling).to(xd.dtype))
+            gate = (gate * self.scaling).to(xa.dtype)
+            if self.training and self.per_expert_dropout and isinstance(self.dropout, FastDropout):
+                delta = self.add_experts_own_masks(target, xa, gate)
+            else:
+                delta = self.add_experts(target, self.dropout(xa), gate)
         out = delta if rows is None else out.index_add_(0, rows, delta.to(out.dtype))
         return out.view(*lead, self.d_out)
 
@@ -200,6 +213,15 @@ class MoELoraLinear(nn.Module):
         T, N, r = xd.shape[0], self.n_experts, self.r
         z = F.linear(xd, self.lora_A.reshape(N * r, self.d_in))                # (T, N*r)
         z = (z.view(T, N, r) * gate.unsqueeze(-1)).view(T, N * r)              # zero for other experts
+        return add_matmul(out, z, self.lora_B.permute(1, 0, 2).reshape(self.d_out, N * r))
+
+    def add_experts_own_masks(self, out: torch.Tensor, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """As add_experts, but every expert sees its own dropout mask of x, as MoLA draws it (each expert is a
+        LoRA module with its own nn.Dropout): one (N, T, d_in) dropout, then one batched (N) matmul with A."""
+        T, N, r = x.shape[0], self.n_experts, self.r
+        xd = self.dropout(x.unsqueeze(0).expand(N, T, self.d_in).contiguous())   # (N, T, d_in), N masks
+        z = torch.bmm(xd, self.lora_A.transpose(1, 2))                            # (N, T, r)
+        z = (z.permute(1, 0, 2) * gate.unsqueeze(-1)).reshape(T, N * r)           # zero for other experts
         return add_matmul(out, z, self.lora_B.permute(1, 0, 2).reshape(self.d_out, N * r))
 
     def _accumulate(self, gate: torch.Tensor) -> None:

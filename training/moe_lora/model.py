@@ -115,6 +115,7 @@ def inject_moe_lora(model: nn.Module, config: MoELoraConfig) -> nn.Module:
         wrapped = MoELoraLinear(base, n, k, config.r, config.lora_alpha, config.dropout, track_balance=track)
         wrapped.train(base.training)                 # an eval-mode model stays in eval mode (no dropout)
         wrapped.mask_state = state
+        wrapped.block = layer
         _set_submodule(model, name, wrapped)
     for _, module in _saved_modules(model, config):
         module.requires_grad_(True)
@@ -174,19 +175,36 @@ def routing_mask(model: nn.Module, attention_mask: torch.Tensor | None):
 # -- losses and counts ------------------------------------------------------------------------------------
 
 def load_balance_loss(model: nn.Module, coef: float | None = None) -> torch.Tensor:
-    """coef * sum of L = N * sum_e f_e P_e over all routed matrices of the last forward (a sum, not a mean).
+    """coef * Σ_l L_l: one Switch-style term per transformer block (MoLA), from the last forward.
 
-    Summing follows the papers' total (task loss + 0.001 * sum over layers); with 7 matrices per block the
-    term is 7x a per-block mean. `coef` defaults to config.load_balance_coef; 0 (or no routers) gives 0.
+    L_l = N_l · Σ_e f_e · P_e, pooled over the routers of ALL the block's adapted matrices: f_e is the share of
+    the block's k·T selections that went to expert index e, P_e the mean router probability of e over those
+    rows. Padding is excluded (the experts see real tokens only). One term per block, not one per adapted matrix
+    summed, which would weigh the loss by the number of adapted matrices (6 on BERT, 7 on LLaMA). A layer used
+    on its own (no block) is its own group. `coef` defaults to config.load_balance_coef (0.001 as in MoLA's
+    formula; the published MoLA / AlphaLoRA scripts train with it off, coef 0); 0 (or no routers) gives 0.
     """
     if coef is None:
         config = getattr(model, "moe_lora_config", None)
         coef = config.load_balance_coef if config is not None else 1.0
-    losses = [layer.balance_loss for _, layer in moe_lora_layers(model) if layer.balance_loss is not None]
-    if coef == 0 or not losses:
+    groups: dict = {}
+    for name, layer in moe_lora_layers(model):
+        if layer.route_stats is not None:
+            groups.setdefault(name if layer.block is None else layer.block, []).append(layer)
+    if coef == 0 or not groups:
         p = next(model.parameters())
         return torch.zeros((), device=p.device)
-    return coef * torch.stack(losses).sum()
+    terms = []
+    for layers in groups.values():
+        picks = torch.stack([layer.route_stats[0] for layer in layers]).sum(0)      # (N,) selections
+        probs = torch.stack([layer.route_stats[1] for layer in layers]).sum(0)      # (N,) summed p
+        tokens = sum(layer.route_stats[2] for layer in layers)
+        if tokens == 0:
+            terms.append(probs.sum() * 0.0)                                         # nothing to balance
+            continue
+        n, k = layers[0].n_experts, layers[0].top_k
+        terms.append(n * (picks / (k * tokens)) @ (probs / tokens))
+    return coef * torch.stack(terms).sum()
 
 
 def trainable_parameter_count(model: nn.Module) -> tuple[int, int]:
