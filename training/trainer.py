@@ -15,10 +15,12 @@ import torch
 
 from analysis.config import DEFAULT_MODEL
 from analysis.types import SpectrascopeError
+from training.scoring import LOWER_IS_BETTER, _better, encode, evaluate, primary_metric  # noqa: F401 (re-exported)
 
 METHODS = ("lora", "moe_lora", "full")
 DEFAULT_LR = {"lora": 2e-4, "moe_lora": 2e-4, "full": 3e-5}
-LOWER_IS_BETTER = ("loss", "perplexity")
+DEFAULT_HEAD_LR = 1e-3                   # the freshly initialised classification head (docs/sweep_default.md)
+HEAD_NAMES = ("classifier", "score")     # sequence-classification heads (BERT-style, LLaMA / GPT-2 style)
 ARTIFACT_DIRS = {"lora": "adapter", "moe_lora": "moe_lora", "full": "model"}
 
 
@@ -32,7 +34,8 @@ class TrainConfig:
     seed: int = 0
     epochs: int = 1
     max_steps: int | None = None           # overrides epochs when set
-    lr: float | None = None                # None: 2e-4 for adapters, 3e-5 for a full fine-tune
+    lr: float | None = None                # None: DEFAULT_LR of the method (docs/sweep_default.md)
+    head_lr: float | None = None           # classification head's learning rate; None: DEFAULT_HEAD_LR
     batch_size: int = 16
     max_length: int = 64
     warmup_ratio: float = 0.1
@@ -84,8 +87,11 @@ class TrainConfig:
                 raise SpectrascopeError(f"{name} must be a positive integer or null, got {value!r}")
         if not isinstance(self.eval_every, int) or self.eval_every < 0:
             raise SpectrascopeError(f"eval_every must be 0 or a positive integer, got {self.eval_every!r}")
-        if self.lr is not None and not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
-            raise SpectrascopeError(f"lr must be a number in (0, 1), got {self.lr!r}")
+        for name in ("lr", "head_lr"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not 0 < value < 1):
+                raise SpectrascopeError(f"{name} must be a number in (0, 1), got {value!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise SpectrascopeError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -94,6 +100,10 @@ class TrainConfig:
     @property
     def learning_rate(self) -> float:
         return float(self.lr if self.lr is not None else DEFAULT_LR[self.method])
+
+    @property
+    def head_learning_rate(self) -> float:
+        return float(self.head_lr if self.head_lr is not None else max(DEFAULT_HEAD_LR, self.learning_rate))
 
 
 # ----------------------------------------------------------------------------------------------- model and data
@@ -189,7 +199,10 @@ def attach_method(cfg: TrainConfig, model, decoder: bool):
     if cfg.method == "lora":
         from training.lora import LoraOptions, apply_lora
 
-        overrides = dict(r=cfg.rank, alpha=alpha, dropout=cfg.dropout, target_modules=cfg.target_modules)
+        from training.lora.model import resolve_targets
+
+        overrides = dict(r=cfg.rank, alpha=alpha, dropout=cfg.dropout,
+                         target_modules=resolve_targets(model, cfg.target_modules))
         options = (LoraOptions.from_allocation(cfg.allocation, **overrides) if cfg.allocation
                    else LoraOptions(**{k: v for k, v in overrides.items() if v is not None}))
         return apply_lora(model, options, "CAUSAL_LM" if decoder else "SEQ_CLS")
@@ -210,98 +223,6 @@ def attach_method(cfg: TrainConfig, model, decoder: bool):
     from training.full import prepare_full
 
     return prepare_full(model)
-
-
-def encode(task, rows: list[dict], tokenizer, cfg: TrainConfig, decoder: bool) -> dict[str, torch.Tensor]:
-    """Token tensors for one split: classification inputs for encoders; for decoders answer-only SFT, or
-    blocks of max_length tokens for plain-text LM tasks."""
-    from training import data
-
-    if not decoder:
-        return data.encode_classification(rows, tokenizer, cfg.max_length)
-    if task.kind == "lm" and rows and "prompt" not in rows[0]:
-        return data.encode_lm([row["text"] for row in rows], tokenizer, cfg.max_length)
-    return data.encode_causal_sft(task.to_sft(rows), tokenizer, cfg.max_length)
-
-
-# ----------------------------------------------------------------------------------------------- evaluation
-
-@torch.no_grad()
-def evaluate(model, task, rows: list[dict], tokenizer, cfg: TrainConfig, decoder: bool, device,
-             should_stop: Callable[[], bool] | None = None) -> dict:
-    """Loss and the task's metrics on `rows` (deterministic: fixed batches, eval mode)."""
-    from training import data
-
-    was_training = model.training
-    model.eval()
-    encoded = encode(task, rows, tokenizer, cfg, decoder)
-    total_loss, total_count, logits_all = 0.0, 0, []
-    for batch in data.batches(encoded, cfg.batch_size, shuffle=False):
-        if should_stop is not None and should_stop():
-            break
-        batch = {k: v.to(device) for k, v in batch.items()}
-        out = model(**batch)
-        count = int((batch["labels"] != -100).sum()) if decoder else len(batch["labels"])
-        total_loss += float(out.loss) * count
-        total_count += count
-        if not decoder:
-            logits_all.append(out.logits.float().cpu())
-    model.train(was_training)
-    loss = total_loss / max(total_count, 1)
-    result = {"loss": loss}
-    if decoder:
-        result["perplexity"] = math.exp(min(loss, 50.0))
-        if task.kind in ("classification", "multiple_choice"):
-            result.update(_label_metrics(task, rows, _choice_predictions(model, task, rows, tokenizer, cfg, device)))
-    elif logits_all:
-        predictions = torch.cat(logits_all).argmax(-1).tolist()
-        result.update(_label_metrics(task, rows[:len(predictions)], predictions))
-    return result
-
-
-def _label_metrics(task, rows: list[dict], predictions: list[int]) -> dict:
-    from training.metrics import score
-
-    names = [m for m in task.metrics if m not in LOWER_IS_BETTER] or ["accuracy"]
-    return {k: float(v) for k, v in score(names, [int(r["label"]) for r in rows], predictions).items()}
-
-
-@torch.no_grad()
-def _choice_predictions(model, task, rows, tokenizer, cfg, device) -> list[int]:
-    """For a decoder: per row, the candidate answer with the highest summed log-probability after the prompt."""
-    from training import data
-
-    pairs = [{"prompt": task.render(row), "answer": answer} for row in rows for answer in task.candidates(row)]
-    encoded = data.encode_causal_sft(pairs, tokenizer, cfg.max_length)
-    scores = []
-    for batch in data.batches(encoded, cfg.batch_size, shuffle=False):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-        target = batch["labels"][:, 1:]                                   # token t+1 is predicted at t
-        logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        scores += (logp * (target != -100)).sum(-1).tolist()
-    predictions, start = [], 0
-    for row in rows:
-        n = len(task.candidates(row))
-        chunk = scores[start:start + n]
-        predictions.append(max(range(n), key=chunk.__getitem__))
-        start += n
-    return predictions
-
-
-def primary_metric(task) -> str:
-    """The validation metric that picks the best step: the loss for LM tasks, else the task's first metric."""
-    if task.kind == "lm":
-        return "loss"
-    return next((m for m in task.metrics if m not in LOWER_IS_BETTER), "accuracy")
-
-
-def _better(metric: str, new: dict, best: dict | None) -> bool:
-    if best is None:
-        return True
-    if metric in LOWER_IS_BETTER:
-        return new[metric] < best[metric]
-    return new[metric] > best[metric]
 
 
 # ----------------------------------------------------------------------------------------------- the run
@@ -404,10 +325,40 @@ def train(config: dict, run_dir: str | Path, progress: Callable[[dict], None] | 
         distributed.teardown(ranks)
 
 
-def make_optimizer(params: list, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW, fused on CPU and CUDA: one kernel over all parameters (a full MiniLM fine-tune's step: 52 -> 6 ms)."""
-    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+def make_optimizer(params: list, cfg: TrainConfig, device: torch.device, head: list | None = None
+                   ) -> torch.optim.Optimizer:
+    """AdamW, fused on CPU and CUDA: one kernel over all parameters (a full MiniLM fine-tune's step: 52 -> 6 ms).
+
+    `head` parameters (the new classification head) get their own group at cfg.head_learning_rate: at an adapter's
+    or a full fine-tune's learning rate a randomly initialised head barely moves in a short run.
+    """
+    head_ids = {id(p) for p in head or []}
+    groups = [{"params": [p for p in params if id(p) not in head_ids]}]
+    if head_ids:
+        groups.append({"params": [p for p in params if id(p) in head_ids], "lr": cfg.head_learning_rate})
+    groups = [g for g in groups if g["params"]]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                              fused=device.type in ("cpu", "cuda"))
+
+
+def head_parameters(model) -> list:
+    """The trainable parameters of the classification head (any module named classifier / score)."""
+    return [p for name, p in model.named_parameters()
+            if p.requires_grad and any(part in HEAD_NAMES for part in name.split("."))]
+
+
+def adapted_modules(model, method: str) -> list[str]:
+    """The module names (local to a block, e.g. attention.self.query) a run adapted; ["all"] for full."""
+    if method == "full":
+        return ["all"]
+    from training.moe_lora.model import block_index
+
+    out = []
+    for name, module in model.named_modules():
+        where = block_index(name)
+        if where is not None and hasattr(module, "lora_A") and where[1] not in out:
+            out.append(where[1])
+    return out
 
 
 def _train(cfg: TrainConfig, run_dir: Path, progress, local_stop, ranks, device, started: float) -> dict:
@@ -440,7 +391,7 @@ def _train(cfg: TrainConfig, run_dir: Path, progress, local_stop, ranks, device,
     n_train = len(train_encoded["input_ids"])
     per_epoch = math.ceil(n_train / cfg.batch_size)
     total = cfg.max_steps or cfg.epochs * per_epoch
-    optimizer = make_optimizer(trainable, cfg, device)
+    optimizer = make_optimizer(trainable, cfg, device, head_parameters(model))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(int(cfg.warmup_ratio * total), total))
     metric = primary_metric(task)
     balance = None
@@ -507,12 +458,16 @@ def _train(cfg: TrainConfig, run_dir: Path, progress, local_stop, ranks, device,
         "steps": step, "total_steps": total, "best_step": best_step, "metric": metric,
         "train_loss": sum(last_losses) / max(len(last_losses), 1), "validation": best,
         "trainable_params": n_trainable, "total_params": n_total, "device": str(device), "processes": ranks.world,
-        "artifacts": str(run_dir / "artifacts"),
+        "target_modules": adapted_modules(model, cfg.method), "lr": cfg.learning_rate,
+        "head_lr": cfg.head_learning_rate if head_parameters(model) else None, "artifacts": str(run_dir / "artifacts"),
     }
     if not ranks.main:               # the other ranks' weights are identical: rank 0 saves and tests
         return {**result, "test": None, "seconds": time.time() - started}
     save_artifacts(cfg, model, tokenizer, run_dir / "artifacts")
-    test = evaluate(model, task, rows["test"], tokenizer, cfg, decoder, device)
+    predicted: dict = {}
+    test = evaluate(model, task, rows["test"], tokenizer, cfg, decoder, device, predictions=predicted)
+    if predicted:                    # per-row test predictions: paired comparisons between runs (study_report)
+        (run_dir / "predictions.json").write_text(json.dumps({"test": predicted}))
     return {**result, "test": test, "seconds": time.time() - started}
 
 

@@ -8,7 +8,8 @@ import torch
 
 from analysis.types import SpectrascopeError
 from training.dropout import FastDropout
-from training.trainer import TrainConfig, evaluate_artifacts, make_optimizer, prepare_config, train
+from training.trainer import (DEFAULT_HEAD_LR, TrainConfig, evaluate_artifacts, make_optimizer, prepare_config,
+                              train)
 
 from tests.tiny_models import make_tiny_model
 SMALL = {"max_train_rows": 64, "max_eval_rows": 32, "max_test_rows": 32, "eval_every": 2}
@@ -157,3 +158,37 @@ def test_defaults_are_short_cpu_runs():
     assert (cfg.method, cfg.model, cfg.task) == ("lora", None, "rotten_tomatoes")
     assert cfg.learning_rate == 2e-4 and TrainConfig(method="full").learning_rate == 3e-5
     assert (cfg.max_length, cfg.batch_size) == (64, 16)
+
+
+def test_head_trains_at_its_own_learning_rate():
+    head, body = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))
+    cfg = TrainConfig(method="lora", lr=2e-4, head_lr=5e-3)
+    groups = make_optimizer([body, head], cfg, torch.device("cpu"), [head]).param_groups
+    assert [(g["lr"], len(g["params"])) for g in groups] == [(2e-4, 1), (5e-3, 1)]
+    assert groups[1]["params"][0] is head
+    assert TrainConfig(method="full", lr=1e-4).head_learning_rate == max(1e-4, DEFAULT_HEAD_LR)
+    assert TrainConfig(method="lora", lr=3e-3).head_learning_rate == 3e-3       # never slower than the body
+    with pytest.raises(SpectrascopeError, match="head_lr must be a number in"):
+        TrainConfig.from_dict({"head_lr": 2})
+
+
+def test_all_linear_lora_adapts_the_moe_lora_matrices_and_writes_test_predictions(tmp_path, tiny_bert):
+    from transformers import AutoModelForSequenceClassification
+
+    from training.moe_lora import MoELoraConfig
+    from training.moe_lora.model import find_targets
+
+    cfg = {"model": tiny_bert, "max_steps": 2, "target_modules": ["all-linear"], **SMALL}
+    lora = train({"method": "lora", **cfg}, tmp_path / "lora")
+    moe = train({"method": "moe_lora", **cfg}, tmp_path / "moe")
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    reference = sorted({name.split(".", 4)[-1] for name, _ in find_targets(base, MoELoraConfig([1, 1]))})
+    assert sorted(lora["target_modules"]) == sorted(moe["target_modules"]) == reference
+    assert len(reference) == 6 and "pooler.dense" not in reference
+    # LoRA r = 8 on those 2 × 6 matrices (tiny BERT: 32 wide, 64 intermediate) + the 2-class head (66)
+    per_block = 4 * (32 + 32) + 2 * (32 + 64)
+    assert lora["trainable_params"] == 8 * 2 * per_block + 66
+    predicted = json.loads((tmp_path / "lora" / "predictions.json").read_text())["test"]
+    assert len(predicted["y_true"]) == len(predicted["y_pred"]) == SMALL["max_test_rows"]
+    hits = sum(t == p for t, p in zip(predicted["y_true"], predicted["y_pred"]))
+    assert hits / len(predicted["y_true"]) == pytest.approx(lora["test"]["accuracy"])
