@@ -35,6 +35,7 @@ def _print_layers(layers: list[dict], file=sys.stdout) -> None:
 
 
 def _run_native(args) -> int:
+    from analysis import esd
     from analysis.engine import analyze
     update, close = tqdm_progress("analysing")
     try:
@@ -48,11 +49,13 @@ def _run_native(args) -> int:
         write_rows(res.rows, COLUMNS, args.out, {"model": res.model, "flags": res.flags,
                                                  "layers": json_rows(res.layer_rows)})
     else:
-        print(format_table(res.rows, CONTRACT))
+        print(format_table(res.rows, CONTRACT + ["alpha_se", "verdict"]))
         print()
     ok = sum(r["status"] == "ok" for r in res.rows)
     src = "cache" if res.from_cache else f"{res.elapsed_s:.1f} s"
-    print(f"{res.model}: {ok} of {len(res.rows)} matrices analysed ({src})")
+    bad = sum(r.get("verdict") == esd.UNRELIABLE for r in res.rows)
+    print(f"{res.model}: {ok} of {len(res.rows)} matrices analysed ({src}); {bad} unreliable weightwatcher fits "
+          f"(KS D > {esd.KS_D_MAX:g}, α > {esd.ALPHA_SPURIOUS:g}, tail < {esd.MIN_TAIL} or rank-deficient)")
     for name, why in res.skipped:
         print(f"skipped {name}: {why}")
     _print_layers(res.layer_rows)

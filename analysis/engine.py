@@ -24,7 +24,7 @@ from analysis.types import MatrixInfo, SpectrascopeError
 if TYPE_CHECKING:
     import pandas as pd
 
-ENGINE_VERSION = 4          # bump when any number the engine writes changes meaning
+ENGINE_VERSION = 5          # bump when any number the engine writes changes meaning
 NON_BLOCK_KINDS = ("embedding", "head")
 WW_MAX_N = 50_000           # weightwatcher skips matrices with a side longer than this (max_N)
 WW_MAX_EVALS = 15_000       # ... or with more eigenvalues than this (max_evals)
@@ -32,14 +32,20 @@ WW_MAX_EVALS = 15_000       # ... or with more eigenvalues than this (max_evals)
 Progress = Callable[[int, int, str], None]
 
 # columns of AnalysisResult.matrices, in order (the CLI contract's columns come first)
+# verdict / alpha_hill_verdict: esd.verdict (thresholds esd.KS_D_MAX, ALPHA_SPURIOUS, MIN_TAIL, rank < min(N, M));
+# alpha_se / alpha_hill_se: (α − 1)/√n of the tail; eig_method: "gram", or "svd" where Gram could not resolve σ
 COLUMNS = ["name", "layer", "module", "rows", "cols", "alpha", "alpha_hill", "xmin", "D", "stable_rank",
            "log_spectral_norm", "num_pl_spikes", "sigma", "alpha_mid", "alpha_hill_xmin", "alpha_hill_D",
-           "alpha_weighted", "log_norm", "log_alpha_norm", "entropy", "matrix_rank", "mp_edge", "num_spikes",
-           "num_evals", "label", "status", "fit", "dtype", "notes", "ww_comparable"]
-TEXT_COLUMNS = {"name", "module", "label", "status", "fit", "dtype", "notes", "ww_comparable"}
+           "alpha_se", "alpha_hill_se", "alpha_hill_tail_n", "verdict", "verdict_reason", "alpha_hill_verdict",
+           "alpha_hill_reason", "alpha_weighted", "log_norm", "log_alpha_norm", "entropy", "matrix_rank", "mp_edge",
+           "num_spikes", "num_evals", "eig_method", "label", "status", "fit", "dtype", "notes", "ww_comparable"]
+TEXT_COLUMNS = {"name", "module", "label", "status", "fit", "dtype", "notes", "ww_comparable", "verdict",
+                "verdict_reason", "alpha_hill_verdict", "alpha_hill_reason", "eig_method"}
 LAYER_METRICS = ["alpha", "alpha_mid", "alpha_weighted", "log_norm", "log_spectral_norm", "log_alpha_norm",
                  "stable_rank", "entropy", "num_spikes"]
-LAYER_COLUMNS = ["layer", "alphalora_score", "matrices"] + LAYER_METRICS
+# per layer also: the standard error of each mean α (√Σσ²/k) and how many of the block's fits are unreliable
+LAYER_COLUMNS = ["layer", "alphalora_score", "matrices"] + LAYER_METRICS + [
+    "alphalora_score_se", "alpha_se", "unreliable", "alpha_hill_unreliable"]
 
 
 @dataclass
@@ -104,20 +110,35 @@ def analyze_matrix(info: MatrixInfo, W, device: str = "cpu",
         if not np.isfinite(W).all():                # one temporary bool array; counts only when something is bad
             n_nan, n_inf = int(np.isnan(W).sum()), int(np.isinf(W).sum())
             row["status"] = f"non-finite weights ({n_nan} NaN, {n_inf} Inf): not analysed"
+            row["verdict"] = row["alpha_hill_verdict"] = "no fit"
+            row["verdict_reason"] = row["alpha_hill_reason"] = row["status"]
             return row, None
         evals = esd.eigenvalues(W, device=device)
+    row["eig_method"] = "gram"
+    if esd.gram_unresolved(evals):                  # σ below ≈1e-8·σ_max: Gram cannot resolve them, SVD can
+        evals = esd.eigenvalues_svd(W)
+        row["eig_method"] = "svd"
     row["num_evals"] = int(evals.size)
+    eps = esd.rank_eps(info.dtype)
     if M < esd.MIN_EVALS:
         row["status"] = f"fewer than {esd.MIN_EVALS} eigenvalues: no power-law fit"
-        row.update(norm_metrics(evals, float("nan"), info.rows, info.cols))
+        row.update(norm_metrics(evals, float("nan"), info.rows, info.cols, eps))
+        row["verdict"], row["verdict_reason"] = "no fit", row["status"]
+        row["alpha_hill_verdict"], row["alpha_hill_reason"] = "no fit", row["status"]
         return row, evals
     ww = esd.alpha_ww(evals)
     hill = esd.alpha_hill(evals, "peak")
     mid = esd.alpha_hill(evals, "mid")
     row.update(alpha=ww.alpha, xmin=ww.xmin, D=ww.D, num_pl_spikes=ww.num_pl_spikes, sigma=ww.sigma,
                fit=ww.status, alpha_hill=hill.alpha, alpha_hill_xmin=hill.xmin, alpha_hill_D=hill.D,
-               alpha_mid=mid.alpha, label=esd.quality_label(ww.alpha), status="ok")
-    row.update(norm_metrics(evals, ww.alpha, info.rows, info.cols))
+               alpha_mid=mid.alpha, label=esd.quality_label(ww.alpha), status="ok",
+               alpha_se=esd.standard_error(ww.alpha, ww.num_pl_spikes),
+               alpha_hill_se=esd.standard_error(hill.alpha, hill.num_pl_spikes), alpha_hill_tail_n=hill.num_pl_spikes)
+    row.update(norm_metrics(evals, ww.alpha, info.rows, info.cols, eps))
+    rank = row["matrix_rank"]
+    row["verdict"], row["verdict_reason"] = esd.verdict(ww.alpha, ww.D, ww.num_pl_spikes, rank, M)
+    row["alpha_hill_verdict"], row["alpha_hill_reason"] = esd.verdict(hill.alpha, hill.D, hill.num_pl_spikes,
+                                                                      rank, M, bands=False)
     return row, evals
 
 
@@ -206,6 +227,11 @@ def layer_summary(rows: list[dict]) -> list[dict]:
         for col in LAYER_METRICS:
             vals = [float(r[col]) for r in members if _is_number(r.get(col))]
             summary[col] = float(np.mean(vals)) if vals else float("nan")
+        for col, se in (("alphalora_score_se", "alpha_hill_se"), ("alpha_se", "alpha_se")):
+            ses = [float(r[se]) for r in members if _is_number(r.get(se))]
+            summary[col] = float(np.sqrt(np.sum(np.square(ses))) / len(ses)) if ses else float("nan")
+        summary["unreliable"] = sum(r.get("verdict") == esd.UNRELIABLE for r in members)
+        summary["alpha_hill_unreliable"] = sum(r.get("alpha_hill_verdict") == esd.UNRELIABLE for r in members)
         out.append(summary)
     return out
 
@@ -305,7 +331,8 @@ def analyze(model=None, adapter=None, *, device: str = "auto", use_cache: bool =
     from analysis.sources import open_source
     device = resolve_device(device)
     src = source if source is not None else open_source(model, adapter)
-    settings = {"evals_thresh": esd.EVALS_THRESH, "hill_bins": esd.HILL_BINS}
+    settings = {"evals_thresh": esd.EVALS_THRESH, "hill_bins": esd.HILL_BINS, "ks_d_max": esd.KS_D_MAX,
+                "alpha_spurious": esd.ALPHA_SPURIOUS, "min_tail": esd.MIN_TAIL, "gram_rcond": esd.GRAM_RCOND}
     identity = src.identity()
     cache_path = _cache_dir(identity, settings) if identity else None
     if use_cache and cache_path is not None and cache_path.exists():

@@ -11,6 +11,19 @@ MIN_EVALS = 8            # ww skips matrices with fewer eigenvalues than this (m
 SMALL_N_CUTOFF = 20      # ww switches to its bias-corrected small-sample fit below this many eigenvalues
 SMALL_N_K_MIN = 8        # ... and ignores tails shorter than this
 HILL_BINS = 100          # PL_Alpha_Hill histogram bins (AlphaLoRA / TempBalance)
+OVER_TRAINED, UNDER_TRAINED = 2.0, 6.0   # weightwatcher's warning bands on ITS α (OVER/UNDER_TRAINED_THRESH)
+
+# When a fit is "unreliable" (verdict). Each threshold is ours unless a source is named.
+KS_D_MAX = 0.12          # a fit whose KS distance D exceeds this is not evidence of a power-law tail: Gaussian
+                         # random matrices (Marchenko–Pastur bulk, no tail at all) give D ≈ 0.10–0.15, median 0.13,
+                         # with either estimator at transformer shapes (384² … 2048×512; tests/analysis/
+                         # test_rank_verdict.py); trained MiniLM matrices give 0.03–0.12
+ALPHA_SPURIOUS = 8.0     # weightwatcher's advice: α > 8 is spurious (the fit found no heavy tail, e.g. a finger)
+MIN_TAIL = 10            # tails with fewer eigenvalues: the MLE's error (α−1)/√n is ≥ ⅓ of α−1 itself
+                         # (weightwatcher: min_evals "10, really 50"; its small-sample fit ignores tails < 8)
+GRAM_RCOND = 1e-9        # λ_min/λ_max below this: the float64 Gram spectrum (absolute error ≈ M·eps64·λ_max
+                         # ≤ 1e-12·λ_max) may not resolve the small σ; the engine recomputes them by SVD
+UNRELIABLE = "unreliable fit"
 _KS_CHUNK_CELLS = 1 << 22  # cells of the (candidates × eigenvalues) KS block processed at once (32 MiB float64)
 
 
@@ -82,6 +95,26 @@ def eigenvalues_svd(W) -> np.ndarray:
     """Reference path: squared singular values from an SVD in float64, ascending."""
     sv = np.linalg.svd(np.asarray(to_numpy(W), dtype=np.float64), compute_uv=False)
     return (sv * sv)[::-1].copy()
+
+
+def gram_unresolved(evals: np.ndarray) -> bool:
+    """Whether the Gram spectrum holds eigenvalues too small for it to resolve (λ_min ≤ GRAM_RCOND·λ_max).
+
+    Gram + eigvalsh squares σ, so σ below ≈ 1e-8·σ_max drown in the float64 round-off of λ_max: a rank-deficient
+    matrix shows them as zeros or noise. Then rank, entropy and the Hill fits need the σ of an SVD.
+    """
+    lam = np.asarray(evals, dtype=np.float64)
+    return bool(lam.size) and float(lam.max()) > 0 and float(lam.min()) <= GRAM_RCOND * float(lam.max())
+
+
+def rank_eps(dtype: str | None) -> float:
+    """Machine epsilon for the rank tolerance of a matrix stored as `dtype` (numpy's matrix_rank on that dtype).
+
+    float64 → eps(float64); everything else → eps(float32): the engine analyses float32 copies (exact for
+    bf16/fp16/fp8 and dequantised weights), and numpy has no rank for narrower formats — at their own eps the
+    rule σ_max·max(N, M)·eps would exceed σ_max (bf16: 688·2⁻⁷ > 1) and call every matrix rank 0.
+    """
+    return float(np.finfo(np.float64 if str(dtype) == "float64" else np.float32).eps)
 
 
 # ---------------------------------------------------------------- power-law fit
@@ -236,8 +269,48 @@ def quality_label(alpha: float) -> str:
     """HT-SR reading of α: < 2 over-trained, > 6 under-trained (weightwatcher's warning labels)."""
     if not np.isfinite(alpha):
         return "no fit"
-    if alpha < 2.0:
+    if alpha < OVER_TRAINED:
         return "over-trained"
-    if alpha > 6.0:
+    if alpha > UNDER_TRAINED:
         return "under-trained"
     return "ok"
+
+
+def standard_error(alpha: float, n: int) -> float:
+    """σ = (α − 1)/√n: the asymptotic standard error of the continuous power-law MLE on a tail of n points
+    (Clauset, Shalizi & Newman 2009, eq. 3.2); NaN without a fit."""
+    if not (np.isfinite(alpha) and n and n > 0):
+        return float("nan")
+    return float((alpha - 1.0) / np.sqrt(n))
+
+
+def unreliable_reasons(alpha: float, D: float, n: int, rank: int | None = None, M: int | None = None) -> list[str]:
+    """Why a power-law fit should not be read: D > KS_D_MAX, α > ALPHA_SPURIOUS, tail < MIN_TAIL, rank < M."""
+    why = []
+    if np.isfinite(D) and D > KS_D_MAX:
+        why.append(f"KS distance D = {D:.3f} > {KS_D_MAX:g}")
+    if alpha > ALPHA_SPURIOUS:
+        why.append(f"α = {alpha:.2f} > {ALPHA_SPURIOUS:g} (spurious)")
+    if n < MIN_TAIL:
+        why.append(f"tail of {int(n)} < {MIN_TAIL} eigenvalues")
+    if rank is not None and M is not None and rank < M:
+        why.append(f"rank-deficient (rank {int(rank)} of {int(M)})")
+    return why
+
+
+def verdict(alpha: float, D: float, n: int, rank: int | None = None, M: int | None = None,
+            bands: bool = True) -> tuple[str, str]:
+    """(verdict, reason) of one fit: 'no fit', UNRELIABLE, or — for weightwatcher's α (bands=True) —
+    'over-trained' (α < 2) / 'typical' / 'under-trained' (α > 6); without bands a reliable fit is 'fit ok'."""
+    if not np.isfinite(alpha):
+        return "no fit", "no power-law fit"
+    why = unreliable_reasons(alpha, D, n, rank, M)
+    if why:
+        return UNRELIABLE, "; ".join(why)
+    if not bands:
+        return "fit ok", ""
+    if alpha < OVER_TRAINED:
+        return "over-trained", ""
+    if alpha > UNDER_TRAINED:
+        return "under-trained", ""
+    return "typical", ""

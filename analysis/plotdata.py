@@ -6,6 +6,9 @@ import pandas as pd
 
 # canonical order of matrix kinds along the heatmaps' x axis (anything else follows, alphabetically)
 MODULE_ORDER = ["q", "k", "v", "o", "gate", "up", "down", "fc_in", "fc_out", "embedding", "head", "other"]
+# per-matrix α column → (its standard-error column, its verdict column, the verdict's reason column)
+ALPHA_COLUMNS = {"alpha": ("alpha_se", "verdict", "verdict_reason"),
+                 "alpha_hill": ("alpha_hill_se", "alpha_hill_verdict", "alpha_hill_reason")}
 
 
 def positive(evals: np.ndarray) -> np.ndarray:
@@ -130,6 +133,55 @@ def layer_module_grid(matrices: pd.DataFrame, metric: str) -> tuple[pd.DataFrame
     values = values.reindex(columns=cols).sort_index()
     names = names.reindex(index=values.index, columns=cols)
     return values, names
+
+
+def fmt(x, spec: str = ".3f") -> str:
+    """A number for hover text; '—' for NaN, None and non-numbers."""
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return "—"
+    return format(x, spec) if np.isfinite(x) else "—"
+
+
+def alpha_hover(matrices: pd.DataFrame, column: str) -> list[str]:
+    """One hover line per row for a metric: 'α = 3.210 ± 0.120 · typical' for the α columns (with the reasons
+    when the fit is unreliable), 'value = …' for anything else."""
+    if column not in ALPHA_COLUMNS:
+        return [f"value = {fmt(v, '.4g')}" for v in matrices.get(column, pd.Series([np.nan] * len(matrices)))]
+    se_col, verdict_col, reason_col = ALPHA_COLUMNS[column]
+    out = []
+    for _, r in matrices.iterrows():
+        text = f"α = {fmt(r.get(column))} ± {fmt(r.get(se_col))}"
+        verdict = r.get(verdict_col)
+        if isinstance(verdict, str) and verdict:
+            text += f" · {verdict}"
+            reason = r.get(reason_col)
+            if verdict == "unreliable fit" and isinstance(reason, str) and reason:
+                text += f" ({reason})"
+        out.append(text)
+    return out
+
+
+def is_unreliable(matrices: pd.DataFrame, column: str) -> np.ndarray:
+    """Boolean per row: the verdict of this α column is 'unreliable fit' (False for other metrics)."""
+    verdict_col = ALPHA_COLUMNS.get(column, (None, None, None))[1]
+    if verdict_col is None or verdict_col not in matrices:
+        return np.zeros(len(matrices), dtype=bool)
+    return (matrices[verdict_col] == "unreliable fit").to_numpy(bool)
+
+
+def layer_module_hover(matrices: pd.DataFrame, metric: str, values: pd.DataFrame) -> pd.DataFrame:
+    """Hover text for the cells of :func:`layer_module_grid`: each matrix's name and, for α metrics, α ± SE and
+    its verdict; shaped like `values` (several matrices of one kind in a layer: one line each)."""
+    df = matrices[matrices["layer"].notna()].copy()
+    if df.empty or values.empty:
+        return pd.DataFrame()
+    df["layer"] = df["layer"].astype(int)
+    detail = alpha_hover(df, metric) if metric in ALPHA_COLUMNS else [""] * len(df)
+    df["_hover"] = [f"{n}<br>{d}" if d else str(n) for n, d in zip(df["name"], detail)]
+    text = df.groupby(["layer", "module"])["_hover"].agg("<br>".join).unstack("module")
+    return text.reindex(index=values.index, columns=values.columns)
 
 
 def compare_layers(layers_a: pd.DataFrame, layers_b: pd.DataFrame, column: str) -> pd.DataFrame:

@@ -7,8 +7,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from analysis import plotdata
+from analysis.esd import OVER_TRAINED, UNDER_TRAINED   # weightwatcher's warning bands, for its α only
 
-OVER_TRAINED, UNDER_TRAINED = 2.0, 6.0           # HT-SR warning thresholds on α
 WEBGL_POINTS = 1500                               # above this many points a trace is drawn with WebGL
 LAYER_AXIS = "layer (transformer block index)"
 ALPHA_AXIS = "α (power-law exponent, dimensionless)"
@@ -20,6 +20,15 @@ LAYER_SCORES = {
     "alphalora_score": ("AlphaLoRA layer score (mean PL_Alpha_Hill α)", "alpha_hill"),
     "alpha": ("weightwatcher α (mean over the block)", "alpha"),
 }
+# per-layer score → (its standard-error column, its count of unreliable fits) in AnalysisResult.layers
+LAYER_SCORE_SE = {"alphalora_score": ("alphalora_score_se", "alpha_hill_unreliable"), "alpha": ("alpha_se", "unreliable")}
+BANDED = {"alpha"}        # per-matrix α columns the 2 / 6 bands belong to (weightwatcher's α)
+DEFAULT_SCORE = DEFAULT_METRIC = "alpha"          # the Overview's chart and heatmap show the same estimator
+ESTIMATORS_NOTE = (
+    "**weightwatcher α** takes the tail start xmin that best fits a power law (smallest KS distance over all "
+    "eigenvalues), and the α < 2 / α > 6 bands are its readings; **PL_Alpha_Hill** (AlphaLoRA) only tries xmin "
+    "near the peak of the spectrum's histogram, so it fits a longer tail that reaches into the bulk, usually "
+    "gives a smaller α, and on a matrix with a short or poorly fitting tail the two can differ by several units.")
 # metrics offered for the layer × module heatmaps
 METRICS = {
     "alpha": "α (weightwatcher)",
@@ -63,7 +72,7 @@ def _alpha_range(values: np.ndarray) -> list[float]:
 
 
 def add_alpha_bands(fig: go.Figure, y_range: list[float], row=None, col=None) -> None:
-    """Shade and label α < 2 (over-trained) and α > 6 (under-trained)."""
+    """Shade and label α < 2 (over-trained) and α > 6 (under-trained): weightwatcher's bands, for its α only."""
     fig.add_hrect(y0=y_range[0], y1=OVER_TRAINED, fillcolor="#d62728", opacity=0.10, line_width=0, layer="below",
                   annotation_text="α < 2: over-trained", annotation_position="bottom left",
                   annotation_font=dict(color="#b22222", size=12), row=row, col=col)
@@ -88,21 +97,28 @@ def layer_alpha_figure(layers: pd.DataFrame, matrices: pd.DataFrame, score: str 
         y = pd.to_numeric(d[per_matrix], errors="coerce").to_numpy(float)
         all_vals.append(y)
         lay = d["layer"].astype(int).to_numpy()
+        hover = [f"{n}<br>{h}" for n, h in zip(d["name"].astype(str), plotdata.alpha_hover(d, per_matrix))]
         fig.add_trace(_scatter(len(d))(
             x=lay, y=y, mode="markers", name=f"{module} ({MODULE_NAMES.get(module, module)})",
-            legendgroup="matrices", legendgrouptitle_text="one matrix",
-            marker=dict(size=7, color=MODULE_COLOURS.get(module), opacity=0.55, line=dict(width=0)),
-            customdata=lay, text=d["name"].astype(str),
-            hovertemplate=f"layer %{{x}} · {module}<br>%{{text}}<br>α = %{{y:.3f}}<extra></extra>"))
+            legendgroup="matrices", legendgrouptitle_text="one matrix (hollow: unreliable fit)",
+            marker=dict(size=7, color=MODULE_COLOURS.get(module), opacity=0.55,
+                        line=dict(width=1.5, color=MODULE_COLOURS.get(module)),
+                        symbol=np.where(plotdata.is_unreliable(d, per_matrix), "circle-open", "circle").tolist()),
+            customdata=lay, text=hover,
+            hovertemplate=f"layer %{{x}} · {module}<br>%{{text}}<extra></extra>"))
     lay = layers["layer"].astype(int).to_numpy() if len(layers) else np.zeros(0, int)
+    se_col, bad_col = LAYER_SCORE_SE.get(score, (None, None))
+    line_text = [f"{label} = {plotdata.fmt(r.get(score))} ± {plotdata.fmt(r.get(se_col))}<br>"
+                 f"{_count(r.get('matrices'))} matrices, {_count(r.get(bad_col))} unreliable fits"
+                 for _, r in layers.iterrows()]
     fig.add_trace(go.Scatter(
         x=lay, y=layers[score] if score in layers else [], mode="lines+markers", name=label,
         legendgroup="layer", legendgrouptitle_text="per layer",
         line=dict(color="#222222", width=2.5), marker=dict(size=9, color="#222222"),
-        customdata=lay, text=layers["matrices"] if "matrices" in layers else None,
-        hovertemplate="layer %{x}<br>" + label + " = %{y:.3f}<br>%{text} matrices<extra></extra>"))
+        customdata=lay, text=line_text, hovertemplate="layer %{x}<br>%{text}<extra></extra>"))
     y_range = _alpha_range(np.concatenate(all_vals) if all_vals else np.zeros(0))
-    add_alpha_bands(fig, y_range)
+    if per_matrix in BANDED:
+        add_alpha_bands(fig, y_range)
     if selected is not None and score in layers and (layers["layer"] == selected).any():
         fig.add_vrect(x0=selected - 0.4, x1=selected + 0.4, fillcolor="#555555", opacity=0.12, line_width=0,
                       layer="below")
@@ -122,6 +138,13 @@ def layer_alpha_figure(layers: pd.DataFrame, matrices: pd.DataFrame, score: str 
         fig.update_yaxes(title_text="α (power-law exponent)")
     return _layout(fig, height, title=dict(text=f"{label} per layer"),
                    legend=legend, margin=dict(l=70, r=30, t=50, b=110 if height < 420 else 60))
+
+
+def _count(x) -> str:
+    try:
+        return str(int(x))
+    except (TypeError, ValueError):
+        return "—"
 
 
 def heatmap_figure(values: pd.DataFrame, names: pd.DataFrame, title: str, colorbar: str,
@@ -231,8 +254,14 @@ def matrix_figure(row: pd.Series, evals: np.ndarray, fit, fit_label: str, height
                    margin=dict(l=70, r=30, t=40, b=90))
 
 
-def compare_layers_figure(df: pd.DataFrame, label: str, name_a: str, name_b: str, height: int = 560) -> go.Figure:
-    """Top: a layer metric for model A and B. Bottom: Δ = B − A per layer (bars, red = B higher)."""
+def compare_layers_figure(df: pd.DataFrame, label: str, name_a: str, name_b: str, height: int = 560,
+                          bands: bool | None = None) -> go.Figure:
+    """Top: a layer metric for model A and B. Bottom: Δ = B − A per layer (bars, red = B higher).
+
+    The α < 2 / α > 6 bands are drawn for weightwatcher's α only (bands=None: when `label` is its score's label).
+    """
+    if bands is None:
+        bands = label == LAYER_SCORES["alpha"][0]
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.62, 0.38], vertical_spacing=0.08)
     for col, nm, colour, dash in (("a", name_a, "#1f77b4", "solid"), ("b", name_b, "#d62728", "dash")):
         fig.add_trace(go.Scatter(x=df["layer"], y=df[col], mode="lines+markers", name=nm,
@@ -243,7 +272,8 @@ def compare_layers_figure(df: pd.DataFrame, label: str, name_a: str, name_b: str
     fig.add_trace(go.Bar(x=df["layer"], y=df["delta"], marker_color=colours, name="Δ = B − A",
                          hovertemplate="layer %{x}<br>Δ = %{y:+.3f}<extra></extra>"), 2, 1)
     y_range = _alpha_range(np.concatenate([df["a"].to_numpy(float), df["b"].to_numpy(float)]))
-    add_alpha_bands(fig, y_range, row=1, col=1)
+    if bands:
+        add_alpha_bands(fig, y_range, row=1, col=1)
     fig.update_yaxes(title_text=ALPHA_AXIS, range=y_range, row=1, col=1)
     fig.update_yaxes(title_text="Δα (B − A)", zeroline=True, zerolinecolor="#888", row=2, col=1)
     fig.update_xaxes(title_text=LAYER_AXIS, dtick=1 if len(df) <= 40 else None, row=2, col=1)

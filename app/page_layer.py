@@ -14,8 +14,10 @@ CHART_KEY = "layer_page_chart"
 NOT_IN_BLOCK = "not in a block (embeddings, head, …)"
 ALL = "all"
 FITS = {"ww": "weightwatcher α (default)", "hill": "PL_Alpha_Hill α (AlphaLoRA, xmin_peak)"}
-DETAIL_COLUMNS = ["name", "module", "rows", "cols", "alpha", "alpha_hill", "xmin", "D", "num_pl_spikes",
-                  "mp_edge", "num_spikes", "stable_rank", "log_spectral_norm", "label", "status"]
+DETAIL_COLUMNS = ["name", "module", "rows", "cols", "verdict", "alpha", "alpha_se", "alpha_hill", "alpha_hill_se",
+                  "alpha_hill_verdict", "xmin", "D", "num_pl_spikes", "mp_edge", "num_spikes", "matrix_rank",
+                  "stable_rank", "log_spectral_norm", "verdict_reason", "alpha_hill_reason", "status"]
+VERDICT_OF = {"ww": ("verdict", "verdict_reason"), "hill": ("alpha_hill_verdict", "alpha_hill_reason")}
 
 
 @st.cache_data(show_spinner="Fitting the power law…", max_entries=256)
@@ -61,13 +63,20 @@ def matrix_view(result, row: pd.Series, estimator: str, identity: str) -> None:
     else:
         fit = power_law_fit(identity, name, estimator, evals)
     c = st.columns(5)
-    c[0].metric("α (this fit)", "—" if not np.isfinite(fit.alpha) else f"{fit.alpha:.3f}")
+    se = esd.standard_error(fit.alpha, fit.num_pl_spikes)
+    c[0].metric("α (this fit) ± SE", "—" if not np.isfinite(fit.alpha) else f"{fit.alpha:.3f} ± {se:.3f}",
+                help="SE = (α − 1)/√n, n = the tail size")
     c[1].metric("xmin", "—" if not np.isfinite(fit.xmin) else f"{fit.xmin:.4g}")
     c[2].metric("KS distance D", "—" if not np.isfinite(fit.D) else f"{fit.D:.4f}")
     c[3].metric("tail size", f"{fit.num_pl_spikes} of {len(evals)}")
     c[4].metric("spikes above MP edge", _int(row.get("num_spikes")))
     if fit.status not in ("ok", "small-sample fit") and status == "ok":
         st.warning(f"Power-law fit failed: {fit.status}")
+    verdict_col, reason_col = VERDICT_OF[estimator]
+    if row.get(verdict_col) == esd.UNRELIABLE:
+        st.warning(f"Unreliable fit: {row.get(reason_col)}", icon=":material/warning:")
+    elif isinstance(row.get(verdict_col), str) and status == "ok":
+        st.caption(f"verdict: **{row.get(verdict_col)}**")
     fig = charts.matrix_figure(row, evals, fit, FITS[estimator].split(" (")[0])
     st.plotly_chart(fig, key=f"matrix_fig_{name}", width="stretch")
 
@@ -88,8 +97,8 @@ def main() -> None:
     common.show_flags(result)
     layers = common.block_layers(result)
     if layers:
-        score = common.view("score", "alphalora_score")
-        score = score if score in charts.LAYER_SCORES else "alphalora_score"
+        score = common.view("score", charts.DEFAULT_SCORE)
+        score = score if score in charts.LAYER_SCORES else charts.DEFAULT_SCORE
         sel = common.selected_layer(result) if common.view("layer") != NOT_IN_BLOCK else None
         fig = charts.layer_alpha_figure(result.layers, result.matrices, score, selected=sel, height=400)
         st.plotly_chart(fig, key=CHART_KEY, on_select=lambda: common.layer_from_selection(CHART_KEY),
@@ -112,7 +121,12 @@ def main() -> None:
     cols = [c for c in DETAIL_COLUMNS if c in mats]
     st.dataframe(mats[cols], hide_index=True, width="stretch", column_config={
         "alpha": st.column_config.NumberColumn("α (ww)", format="%.3f"),
+        "alpha_se": st.column_config.NumberColumn("± SE (ww)", format="%.3f"),
         "alpha_hill": st.column_config.NumberColumn("α (Hill)", format="%.3f"),
+        "alpha_hill_se": st.column_config.NumberColumn("± SE (Hill)", format="%.3f"),
+        "alpha_hill_verdict": st.column_config.TextColumn("Hill verdict"),
+        "verdict_reason": st.column_config.TextColumn("why unreliable (ww)"),
+        "alpha_hill_reason": st.column_config.TextColumn("why unreliable (Hill)"),
         "xmin": st.column_config.NumberColumn(format="%.4g"),
         "D": st.column_config.NumberColumn("KS D", format="%.4f"),
         "mp_edge": st.column_config.NumberColumn("MP edge λ₊", format="%.4g"),

@@ -6,12 +6,13 @@ import json
 import pandas as pd
 import streamlit as st
 
-from analysis import plotdata
+from analysis import esd, plotdata
 from app import charts, common
 
-TABLE_COLUMNS = ["name", "layer", "module", "rows", "cols", "alpha", "alpha_hill", "xmin", "D", "num_pl_spikes",
-                 "alpha_weighted", "stable_rank", "log_spectral_norm", "log_norm", "entropy", "num_spikes", "label",
-                 "status", "notes"]
+TABLE_COLUMNS = ["name", "layer", "module", "rows", "cols", "verdict", "alpha", "alpha_se", "alpha_hill",
+                 "alpha_hill_se", "alpha_hill_verdict", "xmin", "D", "num_pl_spikes", "alpha_weighted", "stable_rank",
+                 "log_spectral_norm", "log_norm", "entropy", "matrix_rank", "num_spikes", "verdict_reason",
+                 "alpha_hill_reason", "status", "notes"]
 CHART_KEY = "overview_layer_chart"
 
 
@@ -35,7 +36,8 @@ def facts(result) -> None:
 def figures(result, score: str, metric: str, selected: int | None):
     """The overview's figures (also timed by benchmarks/overview_render.py)."""
     layer_fig = charts.layer_alpha_figure(result.layers, result.matrices, score, selected=selected)
-    values, names = plotdata.layer_module_grid(result.matrices, metric)
+    values, _ = plotdata.layer_module_grid(result.matrices, metric)
+    names = plotdata.layer_module_hover(result.matrices, metric, values)
     heat = charts.heatmap_figure(values, names, f"{charts.METRICS[metric]} by layer and matrix kind",
                                  charts.METRICS[metric].split(" (")[0])
     return layer_fig, heat, values
@@ -75,24 +77,37 @@ def main() -> None:
     else:
         c1, c2 = st.columns([3, 2])
         score = common.bound_selectbox("Per-layer score", list(charts.LAYER_SCORES), "score",
-                                       default="alphalora_score", where=c1,
+                                       default=charts.DEFAULT_SCORE, where=c1,
                                        format_func=lambda k: charts.LAYER_SCORES[k][0])
-        metric = common.bound_selectbox("Heatmap metric", list(charts.METRICS), "metric", default="alpha",
-                                        where=c2, format_func=lambda k: charts.METRICS[k])
+        metric = common.bound_selectbox("Heatmap metric", list(charts.METRICS), "metric",
+                                        default=charts.DEFAULT_METRIC, where=c2,
+                                        format_func=lambda k: charts.METRICS[k])
+        st.caption(charts.ESTIMATORS_NOTE)
         layer_fig, heat, _ = figures(result, score, metric, None)
         st.plotly_chart(layer_fig, key=CHART_KEY, on_select=lambda: common.layer_from_selection(CHART_KEY),
                         selection_mode="points", width="stretch")
-        st.caption("Click a point to open that layer's spectra. Points are single matrices (hover for names); "
-                   "the line is the per-layer score.")
+        st.caption("Click a point to open that layer's spectra. Points are single matrices (hover for names, "
+                   "α ± standard error and verdict; hollow = unreliable fit); the line is the per-layer score.")
         if st.session_state.pop("_layer_clicked", False):
             st.switch_page("page_layer.py")
         st.plotly_chart(heat, key="overview_heatmap", width="stretch")
 
     st.subheader("All matrices")
+    st.caption(f"**verdict** reads weightwatcher α: over-trained (α < {esd.OVER_TRAINED:g}), typical, under-trained "
+               f"(α > {esd.UNDER_TRAINED:g}), or **unreliable fit** when the KS distance D > {esd.KS_D_MAX:g}, "
+               f"α > {esd.ALPHA_SPURIOUS:g}, the tail has fewer than {esd.MIN_TAIL} eigenvalues, or the matrix is "
+               "rank-deficient; **Hill verdict** applies the same reliability tests to PL_Alpha_Hill. "
+               "± is the standard error (α − 1)/√n of a tail of n eigenvalues.")
     df = table(result)
     st.dataframe(df, hide_index=True, width="stretch", height=420, column_config={
+        "verdict": st.column_config.TextColumn("verdict", help="weightwatcher α's reading (see above)"),
         "alpha": st.column_config.NumberColumn("α (ww)", format="%.3f"),
+        "alpha_se": st.column_config.NumberColumn("± SE (ww)", format="%.3f"),
         "alpha_hill": st.column_config.NumberColumn("α (Hill)", format="%.3f"),
+        "alpha_hill_se": st.column_config.NumberColumn("± SE (Hill)", format="%.3f"),
+        "alpha_hill_verdict": st.column_config.TextColumn("Hill verdict"),
+        "verdict_reason": st.column_config.TextColumn("why unreliable (ww)"),
+        "alpha_hill_reason": st.column_config.TextColumn("why unreliable (Hill)"),
         "xmin": st.column_config.NumberColumn("xmin", format="%.4g"),
         "D": st.column_config.NumberColumn("KS D", format="%.4f"),
         "alpha_weighted": st.column_config.NumberColumn("α̂", format="%.3f"),

@@ -44,6 +44,9 @@ def test_default_model_csv_and_json(tmp_path):
     assert list(df.columns[: len(CONTRACT)]) == CONTRACT
     assert len(df) == 40 and df["name"].str.startswith(("encoder.", "embeddings.", "pooler.")).all()
     assert "alphalora_score" in proc.stdout                     # per-layer summary printed
+    assert {"alpha_se", "alpha_hill_se", "verdict", "verdict_reason", "alpha_hill_verdict", "eig_method"} <= set(df)
+    assert set(df["verdict"]) <= {"over-trained", "typical", "under-trained", "unreliable fit", "no fit"}
+    assert "unreliable weightwatcher fits" in proc.stdout
     js = tmp_path / "minilm.json"
     assert cli("analyze", "all-MiniLM-L6-v2", "--out", str(js)).returncode == 0
     payload = json.loads(js.read_text())

@@ -37,6 +37,11 @@ def assert_matches_weightwatcher(result: engine.AnalysisResult, folder, min_comm
     assert np.allclose(joined["stable_rank_native"], joined["stable_rank"], rtol=1e-6)
     assert np.allclose(joined["log_spectral_norm_native"], joined["log_spectral_norm"], atol=1e-6)
     assert np.allclose(joined["xmin_native"], joined["xmin"], rtol=1e-6)
+    # entropy and rank: equal to weightwatcher's wherever the matrix is full rank at its stored precision
+    full = joined[joined["matrix_rank_native"] == joined[["rows", "cols"]].min(axis=1)]
+    assert len(full) >= min_common - 2
+    assert (full["matrix_rank_native"] == full["matrix_rank"]).all()
+    np.testing.assert_allclose(full["entropy_native"].astype(float), full["entropy"].astype(float), rtol=1e-6)
 
 
 def test_default_model_alpha_equals_weightwatcher():
@@ -167,3 +172,18 @@ def test_cli_analysis_of_a_safetensors_checkpoint_imports_neither_torch_nor_pand
     assert proc.stdout.strip().splitlines()[-1] == "0 False False"
     table = pd.read_csv(out)
     assert (table["status"] == "ok").sum() == 39 and table["alpha"].notna().sum() == 39
+
+
+def test_cache_from_an_older_engine_version_is_not_served(tmp_path, monkeypatch):
+    """Rows changed (verdict, standard errors, SVD-resolved ranks): an entry written by version 4 is a miss."""
+    monkeypatch.setenv("SPECTRASCOPE_DATA", str(tmp_path / "data"))
+    tiny_llama(8).save_pretrained(tmp_path / "m")
+    monkeypatch.setattr(engine, "ENGINE_VERSION", 4)
+    old = engine.analyze(str(tmp_path / "m"))
+    assert not old.from_cache
+    monkeypatch.setattr(engine, "ENGINE_VERSION", 5)
+    new = engine.analyze(str(tmp_path / "m"))
+    assert not new.from_cache and {"verdict", "alpha_se", "alpha_hill_se"} <= set(new.matrices.columns)
+    again = engine.analyze(str(tmp_path / "m"))
+    assert again.from_cache and list(again.matrices["verdict"]) == list(new.matrices["verdict"])
+    assert {"alphalora_score_se", "alpha_se", "unreliable"} <= set(again.layers.columns)

@@ -129,3 +129,27 @@ def test_compare_matrices_and_module_deltas():
     assert np.allclose(per["delta"], 0.5) and per["matrices"].tolist() == [2, 2, 2, 2]
     assert plotdata.module_deltas(out.iloc[0:0]).empty
     assert plotdata.compare_matrices(a, b.drop(columns="alpha"), "alpha").empty
+
+
+def test_alpha_hover_carries_standard_error_and_verdict():
+    df = pd.DataFrame({"name": ["a", "b", "c"], "alpha": [3.21, 8.44, float("nan")], "alpha_se": [0.12, 2.48, None],
+                       "verdict": ["typical", "unreliable fit", "no fit"],
+                       "verdict_reason": ["", "α = 8.44 > 8 (spurious)", "fewer than 8 eigenvalues"]})
+    assert plotdata.alpha_hover(df, "alpha") == ["α = 3.210 ± 0.120 · typical",
+                                                  "α = 8.440 ± 2.480 · unreliable fit (α = 8.44 > 8 (spurious))",
+                                                  "α = — ± — · no fit"]
+    assert plotdata.is_unreliable(df, "alpha").tolist() == [False, True, False]
+    assert plotdata.is_unreliable(df, "stable_rank").tolist() == [False] * 3
+    assert plotdata.alpha_hover(df.assign(stable_rank=[1.5, 2, 3]), "stable_rank")[0] == "value = 1.5"
+
+
+def test_layer_module_hover_is_shaped_like_the_grid():
+    df = pd.DataFrame({"name": ["l0.q", "l0.k", "l1.q", "emb"], "layer": [0, 0, 1, None],
+                       "module": ["q", "k", "q", "embedding"], "alpha": [2.5, 3.0, 4.0, 5.0],
+                       "alpha_se": [0.1, 0.2, 0.3, 0.4], "verdict": ["typical"] * 4, "verdict_reason": [""] * 4})
+    values, _ = plotdata.layer_module_grid(df, "alpha")
+    text = plotdata.layer_module_hover(df, "alpha", values)
+    assert text.shape == values.shape and list(text.columns) == ["q", "k"]
+    assert text.loc[0, "k"] == "l0.k<br>α = 3.000 ± 0.200 · typical"
+    assert pd.isna(text.loc[1, "k"])
+    assert plotdata.layer_module_hover(df, "stable_rank", values).loc[0, "q"] == "l0.q"

@@ -212,3 +212,47 @@ def test_selection_callback_reads_customdata(monkeypatch):
     monkeypatch.setattr(st, "session_state", state)
     common.layer_from_selection("chart")
     assert state["view_layer"] == "3" and state["_layer_clicked"] is True
+
+
+def test_overview_chart_and_heatmap_show_one_estimator_and_bands_only_for_weightwatcher(app):
+    at = app().run()
+    ok(at)
+    layer_fig, heat = figures(at)
+    assert "weightwatcher" in layer_fig["layout"]["title"]["text"]              # same estimator by default
+    assert "weightwatcher" in heat["layout"]["title"]["text"]
+    assert any("PL_Alpha_Hill" in c.value and "weightwatcher α" in c.value for c in at.caption)   # why they differ
+    selectbox(at, "w_score").select("alphalora_score").run()
+    hill_fig, _ = figures(at)
+    assert "PL_Alpha_Hill" in hill_fig["layout"]["title"]["text"]
+    assert not [s for s in hill_fig["layout"].get("shapes", []) if s.get("type") == "rect"]   # not its bands
+    assert not any("trained" in a.get("text", "") for a in hill_fig["layout"].get("annotations", []))
+
+
+def test_overview_verdict_column_and_standard_errors_in_hovers(app):
+    at = app().run()
+    ok(at)
+    df = [d.value for d in at.dataframe if "name" in d.value.columns][0]             # the all-matrices table
+    assert {"verdict", "alpha_se", "alpha_hill_se", "alpha_hill_verdict"} <= set(df.columns)
+    assert list(df.columns).index("verdict") < list(df.columns).index("alpha")     # in view without scrolling
+    assert set(df["verdict"]) <= {"over-trained", "typical", "under-trained", "unreliable fit", "no fit"}
+    # the example: ww α 8.44 on a tail of 9 is not a verdict of "under-trained"
+    v4 = df.set_index("name").loc["encoder.layer.4.attention.self.value.weight"]
+    assert v4["verdict"] == "unreliable fit" and "> 8" in v4["verdict_reason"] and "tail of 9" in v4["verdict_reason"]
+    assert v4["alpha_se"] == pytest.approx((v4["alpha"] - 1) / 3)
+    layer_fig, heat = figures(at)
+    points = [t for t in layer_fig["data"] if t.get("mode") == "markers" and t.get("legendgroup") == "matrices"]
+    texts = [s for t in points for s in t["text"]]
+    assert texts and all("±" in s for s in texts) and any("unreliable fit" in s for s in texts)
+    line = [t for t in layer_fig["data"] if t.get("mode") == "lines+markers"][0]
+    assert all("±" in s for s in line["text"])
+    cells = [c for row in heat["data"][0]["customdata"] for c in row]
+    assert all("±" in c for c in cells if c)
+
+
+def test_layer_page_shows_verdict_and_why_a_fit_is_unreliable(app):
+    at = app(layer=4, matrix="encoder.layer.4.attention.self.value.weight").run()
+    at.switch_page("page_layer.py").run()
+    ok(at)
+    assert any("verdict" in d.value.columns for d in at.dataframe)
+    assert any(w.value.startswith("Unreliable fit:") and "tail of 9" in w.value for w in at.warning)
+    assert any("±" in m.value for m in at.metric)
