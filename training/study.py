@@ -1,13 +1,11 @@
 """Studies: queue LoRA / MoE-LoRA (uniform, MoLA, AlphaLoRA) / full fine-tunes × seeds and compare their results."""
 from __future__ import annotations
 
-import itertools
 import json
 import math
-import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -15,106 +13,12 @@ import pandas as pd
 from analysis.config import DEFAULT_MODEL, data_dir
 from analysis.types import SpectrascopeError
 
-# key -> (label, trainer method, allocation strategy); the order of the comparison table
-METHODS = {
-    "lora": ("LoRA", "lora", None),
-    "moe_uniform": ("MoE-LoRA uniform", "moe_lora", "uniform"),
-    "moe_mola": ("MoE-LoRA MoLA", "moe_lora", "mola"),
-    "moe_alphalora": ("MoE-LoRA AlphaLoRA", "moe_lora", "alphalora"),
-    "full": ("Full fine-tune", "full", None),
-}
-BASE_LABELS = {"probe": "Base: linear probe", "untrained-head": "Base: untrained head", "zero-shot": "Base: zero-shot"}
-MOLA_RAMP = (1, 2, 3, 4)                 # the shape of MoLA's "2468": experts grow linearly with depth
+from training.study_plan import (  # noqa: F401 (re-exported: the study's arms and plan live there)
+    METHODS, STUDY_DEFAULTS, StudySpec, arm_configs, describe_allocation, matched_lora_rank, mola_preset,
+    plan_study, study_allocations)
+
 GROUP = ["model", "task", "method", "allocation"]
-_CHILDREN: list[subprocess.Popen] = []    # base evaluations this process started; reaped by base_eval_running
-
-
-@dataclass
-class StudySpec:
-    """What a study compares: one model and task, an expert budget, seeds, and shared training options."""
-
-    model: str | None = None
-    task: str = "rotten_tomatoes"
-    budget: int | None = None            # MoE-LoRA experts over all layers; None: 5 × layers
-    seeds: int = 3
-    max_steps: int | None = None
-    beta: float = 2.5
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
-    options: dict = field(default_factory=dict)   # other TrainConfig fields for every job (row limits, lr…)
-
-    def check(self) -> None:
-        bad = [m for m in self.methods if m not in METHODS]
-        if bad or not self.methods:
-            raise SpectrascopeError(f"unknown study method(s) {bad or '(none)'}: use {', '.join(METHODS)}")
-        if not isinstance(self.seeds, int) or not 1 <= self.seeds <= 20:
-            raise SpectrascopeError(f"seeds must be a whole number from 1 to 20, got {self.seeds!r}")
-        if self.budget is not None and (not isinstance(self.budget, int) or self.budget < 1):
-            raise SpectrascopeError(f"the expert budget must be a positive whole number, got {self.budget!r}")
-        taken = {"model", "task", "seed", "method", "max_steps", "allocation", "allocation_file", "name"}
-        clash = sorted(taken & set(self.options))
-        if clash:
-            raise SpectrascopeError(f"option(s) {clash} are set by the study itself; use the study's own fields")
-
-
-# ----------------------------------------------------------------------------------------------- allocations
-
-def mola_preset(n_layers: int, budget: int) -> str:
-    """A MoLA preset in the "2468" style for this depth: 4 contiguous blocks (fewer for shallow models) whose
-    expert counts grow like 1:2:3:4, scaled to the budget (exactly when some digits 1–9 can reach it).
-
-    32 layers with budget 160 gives "mola:2468", the published configuration.
-    """
-    from analysis.allocation import mola_blocks
-
-    blocks = min(len(MOLA_RAMP), n_layers)
-    sizes = mola_blocks(n_layers, blocks)
-    ramp = MOLA_RAMP[:blocks]
-    scale = budget / sum(s * r for s, r in zip(sizes, ramp))
-    ideal = [scale * r for r in ramp]
-    best = None
-    for digits in itertools.combinations_with_replacement(range(1, 10), blocks):   # non-decreasing
-        total = sum(s * d for s, d in zip(sizes, digits))
-        key = (abs(total - budget), sum((d - x) ** 2 for d, x in zip(digits, ideal)))
-        if best is None or key < best[0]:
-            best = (key, digits)
-    return "mola:" + "".join(str(d) for d in best[1])
-
-
-def study_allocations(spec: StudySpec, scores: list[float]) -> dict[str, dict]:
-    """The allocation JSON of each MoE-LoRA method of the study (uniform, MoLA, AlphaLoRA)."""
-    from analysis.allocation import allocate
-
-    n_layers = len(scores)
-    budget = spec.budget or 5 * n_layers
-    model = spec.model or DEFAULT_MODEL
-    out = {}
-    for key in spec.methods:
-        strategy = METHODS[key][2]
-        if strategy == "uniform":
-            out[key] = allocate("uniform", n_layers=n_layers, budget=budget, model=model).to_dict()
-        elif strategy == "mola":
-            out[key] = allocate(mola_preset(n_layers, budget), n_layers=n_layers, model=model).to_dict()
-        elif strategy == "alphalora":
-            out[key] = allocate("alphalora", scores=scores, budget=budget, beta=spec.beta, model=model).to_dict()
-    return out
-
-
-def describe_allocation(config: dict) -> str:
-    """Short text for a run's allocation: 'rank 8', '6×5 = 30 experts', 'mola:3479 → 2-2-4-4-6-8 (26)'…"""
-    alloc = config.get("allocation") or {}
-    if config.get("method") == "full":
-        return "all weights"
-    if config.get("method") == "lora" and not alloc:
-        return f"rank {config.get('rank', 8)}"
-    experts = alloc.get("experts")
-    if not experts:
-        n = config.get("experts", 4)
-        return f"{n} experts per layer, top-{config.get('top_k', 2)}"
-    counts = "-".join(str(n) for n in experts)
-    strategy = str(alloc.get("strategy", "manual"))
-    if strategy == "alphalora":
-        strategy = f"alphalora β={alloc.get('params', {}).get('beta', 2.5):g}"
-    return f"{strategy}: {counts} ({sum(experts)})"
+BASE_LABELS = {"probe": "Base: linear probe", "untrained-head": "Base: untrained head", "zero-shot": "Base: zero-shot"}
 
 
 # ----------------------------------------------------------------------------------------------- records
@@ -163,77 +67,75 @@ def _save(record: dict) -> None:
 
 
 def start_study(spec: StudySpec, store=None, base_eval: bool = True) -> dict:
-    """Write the allocations, queue every (method, seed) job and start the base evaluation; return the record.
+    """Write the allocations, queue the base evaluation and every (method, seed) job; return the record.
 
     Everything is checked before the first job is queued (model, task data, budget): a SpectrascopeError says
-    what was wrong. Jobs run one after another (or one per GPU) through the job store.
+    what was wrong. Jobs run one after another (or one per GPU) through the job store; the base evaluation is
+    a job of the same queue, so it never runs beside a fine-tune.
     """
     from analysis.engine import analyze
+    from training.base_jobs import base_eval_config
     from training.evaluation import EvalStore, base_rows_hashes
     from training.jobs import JobStore
     from training.trainer import prepare_config
 
     spec.check()
     store = store or JobStore()
-    common = {**spec.options, "model": spec.model, "task": spec.task}
+    options = spec.job_options()
+    common = {**options, "model": spec.model, "task": spec.task}
     if spec.max_steps is not None:
         common["max_steps"] = spec.max_steps
     prepare_config({**common, "method": "lora"})            # model, task and options are good, data readable
     scores = analyze(spec.model).layer_scores()
     allocations = study_allocations(spec, scores)
+    from training.study_plan import _model_matrices
+
+    matrices = _model_matrices(spec.model)
     sid, folder = _new_folder()
     files = {}
     for key, alloc in allocations.items():
         files[key] = str(folder / f"allocation-{key}.json")
         Path(files[key]).write_text(json.dumps(alloc, indent=2))
-    record = {"id": sid, "folder": str(folder), "created": time.time(), "spec": asdict(spec),
-              "n_layers": len(scores), "scores": scores, "allocations": files, "jobs": [], "base_eval": None}
+    arms = arm_configs(spec, files, matrices)
+    record = {"id": sid, "folder": str(folder), "created": time.time(), "spec": asdict(spec), "options": options,
+              "n_layers": len(scores), "scores": scores, "allocations": files, "jobs": [], "base_eval": None,
+              "base_job": None, "plan": plan_study(spec, store)}
     _save(record)
-    configs = []
-    for seed in range(spec.seeds):                     # seed-major: every method has a result early
-        for key in spec.methods:
-            config = {**common, "method": METHODS[key][1], "seed": seed}
-            if key in files:
-                config["allocation_file"] = files[key]
-            configs.append((key, seed, config))
-    for key, seed, config in configs:
-        job = store.submit(config, name=f"study{sid}-{key.replace('_', '-')}-s{seed}")
-        record["jobs"].append({"job": job.id, "key": key, "seed": seed})
-        _save(record)
     if base_eval:
         EvalStore(store.data)
-        record["base_rows_hash"] = base_rows_hashes(spec.model, spec.task, spec.options)
-        record["base_eval"] = _start_base_eval(spec, folder, store.data)
+        record["base_rows_hash"] = base_rows_hashes(spec.model, spec.task, options)
+        record["base_job"] = store.submit(base_eval_config(spec.model, spec.task, options),
+                                          name=f"study{sid}-base-eval").id
         _save(record)
+    for seed in range(spec.seeds):                     # seed-major: every method has a result early
+        for key in spec.methods:
+            job = store.submit({**common, **arms[key], "seed": seed}, name=f"study{sid}-{key.replace('_', '-')}-s{seed}")
+            record["jobs"].append({"job": job.id, "key": key, "seed": seed})
+            _save(record)
     return record
 
 
-def _start_base_eval(spec: StudySpec, folder: Path, data: Path) -> dict:
-    """The base model's baselines in a background process (validation and test), logged to base_eval.log."""
-    import psutil
+def cancel_study(study_id: int | str, store=None) -> list[int]:
+    """Cancel every queued or running job of a study (its base evaluation too); return the cancelled ids."""
+    from training.jobs import JobStore
 
-    from training.evaluation import base_eval_command, worker_env
-    from training.jobs import PROJECT_ROOT
-
-    with open(folder / "base_eval.log", "ab") as log:
-        popen = subprocess.Popen(base_eval_command(spec.model, spec.task, spec.options), stdout=log,
-                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=PROJECT_ROOT,
-                                 env=worker_env(data), start_new_session=True)
-    _CHILDREN.append(popen)
-    try:
-        created = psutil.Process(popen.pid).create_time()
-    except psutil.Error:
-        created = None
-    return {"pid": popen.pid, "create_time": created, "log": str(folder / "base_eval.log")}
+    store = store or JobStore()
+    record = load_study(study_id)
+    ids = ([record["base_job"]] if record.get("base_job") else []) + [entry["job"] for entry in record["jobs"]]
+    cancelled = []
+    for job_id in reversed(ids):                       # queued ones first, so none starts while we cancel
+        if not store.get(job_id).final:
+            store.cancel(job_id)
+            cancelled.append(job_id)
+    return sorted(cancelled)
 
 
-def base_eval_running(record: dict) -> bool:
-    """Whether the study's background base evaluation is still running."""
-    from training.jobs import process_alive
+def base_eval_running(record: dict, store=None) -> bool:
+    """Whether the study's base evaluation is still queued or running (a job; older studies: a process)."""
+    from training.jobs import JobStore, process_alive
 
-    for popen in list(_CHILDREN):
-        if popen.poll() is not None:
-            _CHILDREN.remove(popen)
+    if record.get("base_job"):
+        return not (store or JobStore()).get(record["base_job"]).final
     info = record.get("base_eval") or {}
     return bool(info) and process_alive(info.get("pid"), info.get("create_time"))
 
@@ -248,7 +150,7 @@ def study_jobs(record: dict, store=None) -> list:
 
 def study_running(record: dict, store=None) -> bool:
     """True while any job of the study is queued or running, or its base evaluation runs."""
-    return any(not j.final for j in study_jobs(record, store)) or base_eval_running(record)
+    return any(not j.final for j in study_jobs(record, store)) or base_eval_running(record, store)
 
 
 # ----------------------------------------------------------------------------------------------- tables
@@ -267,12 +169,16 @@ def method_label(config: dict) -> str:
 
 def runs_frame(jobs: list, store=None) -> pd.DataFrame:
     """One row per job: identity, method, allocation, seed, status, parameters, steps, time, and the stored
-    validation / test metrics (result.json numbers are copied into the evaluations table on the way)."""
+    validation / test metrics (result.json numbers are copied into the evaluations table on the way). Base-model
+    evaluation jobs are left out: their numbers are base_frame's rows."""
+    from training.base_jobs import is_base_eval
     from training.evaluation import EvalStore, _task_name, record_result
 
     evals = store or EvalStore()
     rows = []
     for job in jobs:
+        if is_base_eval(job.config):
+            continue
         result = job.result() or {}
         cfg = job.config
         task = _task_name(cfg.get("task"))
@@ -292,6 +198,7 @@ def runs_frame(jobs: list, store=None) -> pd.DataFrame:
 def base_frame(model: str | None, task: str, store=None, rows_hash: dict | None = None) -> pd.DataFrame:
     """Rows for the base model's stored baselines on a task (probe / untrained head, or zero-shot)."""
     from training.evaluation import HEAD, EvalStore, base_id
+    from training.study_report import base_n_rows
 
     evals = store or EvalStore()
     out = []
@@ -302,6 +209,7 @@ def base_frame(model: str | None, task: str, store=None, rows_hash: dict | None 
         for split in ("validation", "test"):
             for metric, value in evals.get(run_id, task, split, (rows_hash or {}).get(split)).items():
                 row[f"{split} {metric}"] = value
+            row[f"{split}_rows"] = base_n_rows(evals, run_id, task, split, (rows_hash or {}).get(split))
         if not any(k.startswith(("validation ", "test ")) for k in row):
             continue
         zero_shot = any(k.endswith(" loss") for k in row)     # the probe reports no loss; zero-shot does
@@ -319,19 +227,31 @@ def metric_columns(df: pd.DataFrame) -> list[str]:
 
 
 def summarise_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Seeds aggregated per (model, task, method, allocation): counts, mean parameters / steps / time and, per
-    metric, the mean and 95 % CI half-width over the finished runs (metrics.mean_ci; NaN with one run)."""
+    """Seeds aggregated per (model, task, method, allocation): counts (done, planned, cancelled, failed), mean
+    parameters / steps / time and, per metric, the mean and 95 % CI half-width over the finished runs
+    (metrics.mean_ci; NaN with one run) with its bounds 'ci_lo <col>' / 'ci_hi <col>'. Base rows' accuracies get
+    the Wilson 95 % interval over their '<split>_rows' rows as bounds instead (their half-width stays NaN)."""
     from training.metrics import mean_ci
+    from training.study_report import accuracy_interval
 
     if runs.empty:
-        return pd.DataFrame(columns=GROUP + ["runs", "trainable_params", "steps", "seconds"])
+        return pd.DataFrame(columns=GROUP + ["runs", "done", "planned", "cancelled", "failed", "trainable_params",
+                                             "steps", "seconds"])
     metrics = metric_columns(runs)
     order = {label: i for i, label in enumerate([v[0] for v in METHODS.values()] + list(BASE_LABELS.values()))}
     out = []
     for key, group in runs.groupby(GROUP, sort=False, dropna=False):
         done = group[group["status"] == "done"]
         row = dict(zip(GROUP, key))
-        row["runs"] = f"{len(done)}/{len(group)}" if group["seed"].notna().any() else "base"
+        base = not group["seed"].notna().any()
+        row["runs"] = "base" if base else f"{len(done)}/{len(group)}"
+        row["done"], row["planned"] = len(done), len(group)
+        row["cancelled"] = int((group["status"] == "cancelled").sum())
+        row["failed"] = int(group["status"].isin(["failed", "lost"]).sum())
+        for split in ("validation", "test"):
+            n_rows = (pd.to_numeric(done[f"{split}_rows"], errors="coerce").dropna() if f"{split}_rows" in done
+                      else pd.Series(dtype=float))
+            row[f"{split}_rows"] = int(n_rows.iloc[-1]) if base and len(n_rows) else math.nan
         for col in ("trainable_params", "steps", "seconds"):
             values = pd.to_numeric(done[col], errors="coerce").dropna() if col in done else pd.Series(dtype=float)
             row[col] = float(values.mean()) if len(values) else math.nan
@@ -340,8 +260,14 @@ def summarise_runs(runs: pd.DataFrame) -> pd.DataFrame:
             if len(values):
                 ci = mean_ci(values.tolist())
                 row[col], row[f"{col} ci"], row[f"{col} n"] = ci.mean, ci.half_width, ci.n
+                row[f"ci_lo {col}"], row[f"ci_hi {col}"] = ci.low, ci.high
+                wilson = accuracy_interval(ci.mean, row[f"{col.split(' ')[0]}_rows"]) if (
+                    base and col.endswith(" accuracy") and ci.n == 1) else None
+                if wilson:
+                    row[f"ci_lo {col}"], row[f"ci_hi {col}"] = wilson
             else:
                 row[col], row[f"{col} ci"], row[f"{col} n"] = math.nan, math.nan, 0
+                row[f"ci_lo {col}"], row[f"ci_hi {col}"] = math.nan, math.nan
         out.append(row)
     table = pd.DataFrame(out)
     table["_order"] = table["method"].map(lambda m: order.get(m, 50))
@@ -365,11 +291,19 @@ def study_table(study_id: int | str, store=None, evals=None) -> pd.DataFrame:
     return summarise_runs(runs)
 
 
-def format_table(table: pd.DataFrame, splits: tuple[str, ...] = ("validation", "test")) -> pd.DataFrame:
-    """The table as display strings: '0.812 ± 0.021', parameter counts with k/M, seconds rounded."""
+def format_table(table: pd.DataFrame, splits: tuple[str, ...] = ("validation", "test"),
+                 describe: bool = False) -> pd.DataFrame:
+    """The table as display strings: '0.812 ± 0.021' (n ≥ 2 seeds), '0.600' with 'n = 1' (no interval), base
+    accuracies '0.700 [0.612, 0.775]' (Wilson, over the test rows), runs as 'done / planned (k cancelled)',
+    parameter counts with k/M, seconds rounded. `describe`: headers say the validation column is the best
+    validation score (used for selection) and the test column was scored once."""
     from training.metrics import MeanCI
+    from training.study_report import done_planned, n_cell
 
-    out = table[[c for c in GROUP + ["runs"] if c in table]].copy()
+    out = table[[c for c in GROUP if c in table]].copy()
+    out["done / planned"] = table.apply(done_planned, axis=1) if len(table) else []
+    shown = [s for s in ("test", "validation") if s in splits]
+    out["n"] = table.apply(lambda r: n_cell(r, shown), axis=1) if len(table) else []
     out["trainable params"] = table["trainable_params"].map(_count)
     out["steps"] = table["steps"].map(lambda v: "—" if pd.isna(v) else f"{v:.0f}")
     out["time (s)"] = table["seconds"].map(lambda v: "—" if pd.isna(v) else f"{v:.0f}")
@@ -381,10 +315,15 @@ def format_table(table: pd.DataFrame, splits: tuple[str, ...] = ("validation", "
         def cell(r, col=col, digits=digits):
             if pd.isna(r[col]):
                 return "—"
+            if r.get("runs") == "base" and not pd.isna(r.get(f"ci_lo {col}", math.nan)):
+                return f"{r[col]:.{digits}f} [{r[f'ci_lo {col}']:.{digits}f}, {r[f'ci_hi {col}']:.{digits}f}]"
             if r[f"{col} n"] <= 1:
                 return f"{r[col]:.{digits}f}"
             return MeanCI(r[col], r[f"{col} ci"], int(r[f"{col} n"]), math.nan).format(digits).split(" (")[0]
         out[col] = table.apply(cell, axis=1) if len(table) else []
+    if describe:
+        out = out.rename(columns={c: (f"best {c} (selection)" if c.startswith("validation ") else f"{c} (scored once)")
+                                  for c in metric_columns(out)})
     return out
 
 
@@ -456,6 +395,8 @@ def add_parser(sub) -> None:
                    help="training option for every job, e.g. --set max_train_rows=200 (repeatable)")
     p.add_argument("--no-base", action="store_true", help="skip the base model's baseline evaluation")
     p.add_argument("--wait", action="store_true", help="show progress on stderr and print the table at the end")
+    p.add_argument("--json", action="store_true", help="with --wait: end with one JSON line (arms, paired "
+                                                       "differences vs their reference, baselines with Wilson CIs)")
     p.set_defaults(run=run_study_cli)
 
     p = sub.add_parser("study-show", help="the comparison table of a study (partial while it runs)")
@@ -481,7 +422,11 @@ def run_study_cli(args) -> int:
                           "folder": record["folder"]}))
         return 0
     wait_study(record["id"])
-    print(to_markdown(format_table(study_table(record["id"]), ("test",))))
+    print(to_markdown(format_table(study_table(record["id"]), ("test",), describe=True)))
+    if getattr(args, "json", False):
+        from training.study_report import study_report
+
+        print(json.dumps(study_report(record["id"])), flush=True)
     jobs = study_jobs(load_study(record["id"]))
     return 0 if all(j.status == "done" for j in jobs) else 1
 
@@ -528,9 +473,15 @@ def run_show_cli(args) -> int:
     if args.json:
         print(table.to_json(orient="records"))
         return 0
+    from training.study_report import comparison_frame, paired_comparisons
+
     record = load_study(args.id)
     running = study_running(record)
-    print(to_markdown(format_table(table, ("test",) if args.test_only else ("validation", "test"))))
+    print(to_markdown(format_table(table, ("test",) if args.test_only else ("validation", "test"), describe=True)))
+    pairs = paired_comparisons(record, study_jobs(record))
+    if pairs:
+        print("\nPaired test-accuracy differences (arm − reference; bootstrap over the same test rows and seeds):")
+        print(to_markdown(comparison_frame(pairs)))
     if running:
         print(f"(partial: study {args.id} is still running)", file=sys.stderr)
     return 0

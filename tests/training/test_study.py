@@ -13,7 +13,7 @@ import pytest
 
 from analysis.allocation import allocate, mola
 from analysis.types import SpectrascopeError
-from training import study
+from training import study, study_plan
 from training.study import (StudySpec, format_table, mola_preset, pareto_front, study_allocations, summarise_runs,
                             to_markdown)
 
@@ -136,3 +136,59 @@ def test_cli_study_on_the_default_model_finishes_and_prints_the_table(tmp_path):
     assert "rotten_tomatoes" in cli("study-list", env=env).stdout
     bad = cli("study-show", "7", env=env)
     assert bad.returncode == 2 and "no study with id 7" in bad.stderr
+
+
+def test_params_matched_lora_rank_by_hand():
+    # MiniLM: per block q, k, v, o are 384 → 384 (Σ d_in + d_out = 4 · 768 = 3072), intermediate 384 → 1536 and
+    # output 1536 → 384 (1920 each): 6912 per block, 41472 over 6 blocks; Σ d_in per block = 5 · 384 + 1536 = 3456.
+    # MoE-LoRA uniform, 5 experts per block, r = 8: 5 · 8 · 41472 + 5 · 6 · 3456 = 1,658,880 + 103,680 = 1,762,560.
+    # LoRA of rank r on the same matrices: 41472 · r → r = round(1,762,560 / 41472) = round(42.5) = 42 → 1,741,824.
+    from analysis.sources import open_source
+
+    uniform = allocate("uniform", n_layers=6, budget=30).to_dict()
+    rank, lora, moe = study.matched_lora_rank(open_source(None).matrices(), uniform)
+    assert (rank, lora, moe) == (42, 1_741_824, 1_762_560)
+    assert abs(lora - moe) / moe < 0.10
+
+
+def test_plan_counts_runs_and_prefers_this_machines_history(tmp_path, monkeypatch):
+    from training.jobs import JobStore
+
+    monkeypatch.setenv("SPECTRASCOPE_DATA", str(tmp_path))
+    spec = StudySpec(seeds=3, max_steps=100)
+    plan = study.plan_study(spec)
+    assert plan["runs"] == 3 * len(study.METHODS) == 18
+    # no history: the measured constants, 100 steps each, plus the base evaluation
+    per_run = {k: study_plan.STEP_SECONDS[study.METHODS[k][1]] * 100 + study_plan.RUN_OVERHEAD_SECONDS for k in study.METHODS}
+    assert plan["per_run_seconds"] == pytest.approx(per_run, rel=0.02)
+    assert plan["seconds"] == pytest.approx(3 * sum(per_run.values()) + study_plan.RUN_OVERHEAD_SECONDS, rel=0.02)
+    store = JobStore()
+    for seconds in (40.0, 60.0):                 # two finished LoRA runs of 20 steps: median 2.5 s per step
+        job = store.submit({"method": "lora", "max_steps": 20}, start=False)
+        Path(job.run_dir, "result.json").write_text(json.dumps({"status": "done", "steps": 20, "seconds": seconds}))
+        store._set_final(job.id, "done", None, only_from="queued")    # as if a worker had run it
+    assert study.plan_study(spec)["per_run_seconds"]["lora"] == pytest.approx(250.0)
+
+
+def test_study_queues_base_evaluation_first_and_cancel_study_cancels_everything(tmp_path, monkeypatch):
+    from tests.tiny_models import make_tiny_model
+    from training.base_jobs import is_base_eval
+    from training.jobs import JobStore
+
+    monkeypatch.setenv("SPECTRASCOPE_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("SPECTRASCOPE_MAX_JOBS", "1")
+    model = str(make_tiny_model(tmp_path / "tiny", "bert"))
+    record = study.start_study(StudySpec(model=model, seeds=1, max_steps=1, methods=["lora", "lora_matched",
+                                                                                   "moe_uniform"]))
+    store = JobStore()
+    jobs = store.list(reconcile=False)
+    assert is_base_eval(jobs[0].config) and jobs[0].id == record["base_job"]     # first in the queue
+    assert [j.id for j in jobs[1:]] == [e["job"] for e in record["jobs"]]
+    assert sum(j.status == "running" for j in jobs) <= 1                        # never beside a fine-tune
+    configs = {e["key"]: store.get(e["job"]).config for e in record["jobs"]}
+    assert configs["lora"]["target_modules"] == configs["moe_uniform"]["target_modules"] == ["all-linear"]
+    assert configs["lora_matched"]["rank"] > configs["lora"]["rank"]
+    cancelled = study.cancel_study(record["id"])
+    assert set(cancelled) == {j.id for j in jobs if not j.final}
+    assert all(store.get(j.id).status == "cancelled" for j in jobs)
+    assert not study.study_running(study.load_study(record["id"]))
