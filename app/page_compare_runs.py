@@ -1,4 +1,4 @@
-"""Compare runs page: a study's (or all) runs with seeds aggregated, CI bars, accuracy vs parameters, loss curves."""
+"""Compare runs page: a study's (or all) runs, seeds aggregated, paired differences, CI bars, Pareto, loss curves."""
 from __future__ import annotations
 
 import importlib.util
@@ -8,15 +8,17 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from analysis.config import DEFAULT_MODEL
+from analysis.config import DEFAULT_MODEL, data_dir
 from analysis.types import SpectrascopeError
 from app import common
 from training import study as studies
+from training import study_report
 
 ALL_RUNS = "all"
 SPECTRA_PAGE = "page_compare_spectra.py"
-COLOURS = {"LoRA": "#1f77b4", "MoE-LoRA uniform": "#ff7f0e", "MoE-LoRA MoLA": "#2ca02c",
-           "MoE-LoRA AlphaLoRA": "#d62728", "Full fine-tune": "#9467bd", "MoE-LoRA": "#8c564b",
+COLOURS = {"LoRA": "#1f77b4", "LoRA (params-matched)": "#aec7e8", "MoE-LoRA uniform": "#ff7f0e",
+           "MoE-LoRA MoLA": "#2ca02c", "MoE-LoRA AlphaLoRA": "#d62728", "Full fine-tune": "#9467bd",
+           "MoE-LoRA": "#8c564b",
            "Base: linear probe": "#7f7f7f", "Base: untrained head": "#bcbd22", "Base: zero-shot": "#7f7f7f"}
 HAS_KALEIDO = importlib.util.find_spec("kaleido") is not None
 VIEW = ("study", "split", "cmp_metric")
@@ -33,7 +35,9 @@ def load_runs(choice: str) -> tuple[pd.DataFrame, list, dict | None]:
     if choice != ALL_RUNS:
         runs, record = studies.study_runs(choice, store)
         return runs, studies.study_jobs(record, store), record
-    jobs = store.list()
+    from training.base_jobs import is_base_eval
+
+    jobs = [j for j in store.list() if not is_base_eval(j.config)]      # base evaluations: the base rows
     runs = studies.runs_frame(jobs)
     bases = [studies.base_frame(m, t) for m, t in runs[["model", "task"]].drop_duplicates().itertuples(index=False)] \
         if len(runs) else []
@@ -51,20 +55,49 @@ def _colour(method: str) -> str:
     return COLOURS.get(method, "#17becf")
 
 
+def error_bars(rows: pd.DataFrame, col: str) -> tuple[list, list]:
+    """(above, below) error-bar lengths: the Student-t CI over seeds with n ≥ 2, the Wilson interval of base
+    rows, and None (no bar, no cap) for a single seed or a missing interval."""
+    above, below = [], []
+    for _, r in rows.iterrows():
+        lo, hi = r.get(f"ci_lo {col}", float("nan")), r.get(f"ci_hi {col}", float("nan"))
+        if r.get("runs") == "base" and not (pd.isna(lo) or pd.isna(hi)):
+            above.append(float(hi - r[col]))
+            below.append(float(r[col] - lo))
+        elif r.get(f"{col} n", 0) >= 2 and not pd.isna(r.get(f"{col} ci", float("nan"))):
+            above.append(float(r[f"{col} ci"]))
+            below.append(float(r[f"{col} ci"]))
+        else:
+            above.append(None)
+            below.append(None)
+    return above, below
+
+
+def _seeds_text(r, col: str) -> str:
+    if r.get("runs") == "base":
+        return "base model (Wilson interval over the rows)"
+    n = int(r[f"{col} n"])
+    return "n = 1 seed (no interval)" if n == 1 else f"n = {n} seeds"
+
+
 def bars_figure(table: pd.DataFrame, split: str, metric: str) -> go.Figure:
-    """Mean per method with 95 % CI error bars, one group of bars per task."""
+    """Mean per method, one group of bars per task; error bars: 95 % CI over seeds where n ≥ 2, the Wilson
+    interval over the rows for the base model, none for a single seed."""
     col = f"{split} {metric}"
     fig = go.Figure()
     data = table.dropna(subset=[col])
     for task, part in data.groupby("task", sort=False):
+        above, below = error_bars(part, col)
         fig.add_bar(x=part["method"], y=part[col], name=task, text=[f"{v:.3f}" for v in part[col]],
                     textposition="inside", insidetextanchor="start",
                     marker_color=[_colour(m) for m in part["method"]] if data["task"].nunique() == 1 else None,
-                    error_y=dict(type="data", array=part[f"{col} ci"].fillna(0).tolist(), visible=True, thickness=1.5),
-                    customdata=part[["allocation", "runs"]].to_numpy(),
-                    hovertemplate="%{x}<br>%{customdata[0]}<br>" + col + " %{y:.4f}<br>runs %{customdata[1]}"
+                    error_y=dict(type="data", symmetric=False, array=above, arrayminus=below, visible=True,
+                                 thickness=1.5),
+                    customdata=[[r["allocation"], _seeds_text(r, col)] for _, r in part.iterrows()],
+                    hovertemplate="%{x}<br>%{customdata[0]}<br>" + col + " %{y:.4f}<br>%{customdata[1]}"
                                   "<extra>%{fullData.name}</extra>")
-    fig.update_layout(title=f"{col} by method (mean ± 95 % CI over seeds)", barmode="group", height=420,
+    fig.update_layout(title=f"{col} by method (mean ± 95 % CI; none at n = 1)",
+                      barmode="group", height=420,
                       yaxis_title=metric, xaxis_title=None, showlegend=data["task"].nunique() > 1,
                       margin=dict(l=60, r=20, t=50, b=90))
     return fig
@@ -80,7 +113,8 @@ def pareto_figure(table: pd.DataFrame, split: str, metric: str) -> go.Figure:
     for _, row in trained.iterrows():
         fig.add_scatter(x=[row["x"]], y=[row[col]], mode="markers", name=row["method"],
                         marker=dict(size=13, color=_colour(row["method"]), line=dict(width=1, color="white")),
-                        error_y=dict(type="data", array=[0 if pd.isna(row[f"{col} ci"]) else row[f"{col} ci"]]),
+                        error_y=dict(type="data", array=[row[f"{col} ci"] if row[f"{col} n"] >= 2
+                                                         and not pd.isna(row[f"{col} ci"]) else None]),
                         hovertemplate=f"{row['method']} ({row['task']})<br>{row['allocation']}<br>"
                                       f"{row['trainable_params']:,.0f} trainable parameters<br>" + col +
                                       " %{y:.4f}<extra></extra>")
@@ -128,32 +162,65 @@ def chart(fig: go.Figure, key: str, stem: str) -> None:
 
 # ---------------------------------------------------------------- sections
 
+def duration(seconds: float) -> str:
+    """'about 40 s', 'about 12 min', 'about 1.5 h'."""
+    if seconds < 90:
+        return f"about {max(seconds, 1):.0f} s"
+    if seconds < 5400:
+        return f"about {seconds / 60:.0f} min"
+    return f"about {seconds / 3600:.1f} h"
+
+
+@st.cache_data(ttl=60, show_spinner=False, max_entries=32)
+def _plan(spec_json: str, data: str) -> dict:
+    import json
+
+    return studies.plan_study(studies.StudySpec(**json.loads(spec_json)))
+
+
+def plan_text(spec) -> str:
+    """What queueing this study means: how many runs and roughly how long (study.plan_study's estimate)."""
+    import json
+    from dataclasses import asdict
+
+    n_runs = spec.seeds * len(spec.methods)
+    if not hasattr(studies, "plan_study"):
+        return f"Queues {n_runs} runs ({len(spec.methods)} methods × {spec.seeds} seeds) and the base baselines."
+    try:
+        plan = _plan(json.dumps(asdict(spec), sort_keys=True), str(data_dir()))     # the data dir holds the history
+    except SpectrascopeError as err:
+        return f"Queues {n_runs} runs ({len(spec.methods)} methods × {spec.seeds} seeds); no time estimate: {err}"
+    return (f"Queues {plan['runs']} runs ({len(spec.methods)} methods × {spec.seeds} seeds) and the base "
+            f"baselines: {duration(plan['seconds'])} in all on this machine (a rough estimate).")
+
+
 def study_form() -> None:
-    """Model, task, budget, seeds, steps → start_study (jobs queued in the background)."""
+    """Model, task, budget, seeds, steps, row limits → how many runs and roughly how long → start_study."""
     from training.tasks import list_tasks
 
-    with st.form("study_form"):
-        c = st.columns([3, 2, 1, 1, 1])
-        model = c[0].text_input("Model", value=common.current_choice().model, key="study_model",
-                                help="A built-in name or a checkpoint folder (the sidebar's model by default)")
-        tasks = list_tasks()
-        task = c[1].selectbox("Task", tasks, index=tasks.index("rotten_tomatoes") if "rotten_tomatoes" in tasks
-                              else 0)
-        budget = c[2].number_input("Expert budget", 0, 10_000, 0, help="MoE-LoRA experts over all layers; "
-                                                                     "0 = 5 × layers")
-        seeds = c[3].number_input("Seeds", 1, 20, 3)
-        steps = c[4].number_input("Max steps", 0, 100_000, 30, help="optimizer steps per run; 0 = one epoch")
-        d = st.columns(4)
-        train_rows = d[0].number_input("Train rows", 1, 1_000_000, 1000)
-        eval_rows = d[1].number_input("Validation rows", 1, 1_000_000, 300)
-        test_rows = d[2].number_input("Test rows", 1, 1_000_000, 1000)
-        submitted = d[3].form_submit_button("Queue the study", type="primary", icon=":material/play_arrow:")
-    if not submitted:
-        return
+    c = st.columns([3, 2, 1, 1, 1])
+    model = c[0].text_input("Model", value=common.current_choice().model, key="study_model",
+                            help="A built-in name or a checkpoint folder (the sidebar's model by default)")
+    tasks = list_tasks()
+    task = c[1].selectbox("Task", tasks, index=tasks.index("rotten_tomatoes") if "rotten_tomatoes" in tasks else 0,
+                          key="study_task")
+    budget = c[2].number_input("Expert budget", 0, 10_000, 0, key="study_budget",
+                               help="MoE-LoRA experts over all layers; 0 = 5 × layers")
+    seeds = c[3].number_input("Seeds", 1, 20, 3, key="study_seeds")
+    steps = c[4].number_input("Max steps", 0, 100_000, 30, key="study_steps",
+                              help="optimizer steps per run; 0 = one epoch")
+    d = st.columns(4)
+    train_rows = d[0].number_input("Train rows", 1, 1_000_000, 1000, key="study_train_rows")
+    eval_rows = d[1].number_input("Validation rows", 1, 1_000_000, 300, key="study_eval_rows")
+    test_rows = d[2].number_input("Test rows", 1, 1_000_000, 1000, key="study_test_rows")
     spec = studies.StudySpec(model=(model or "").strip() or None, task=task, budget=int(budget) or None,
                              seeds=int(seeds), max_steps=int(steps) or None,
                              options={"max_train_rows": int(train_rows), "max_eval_rows": int(eval_rows),
                                       "max_test_rows": int(test_rows)})
+    submitted = d[3].button("Queue the study", type="primary", icon=":material/play_arrow:", key="study_start")
+    st.caption(plan_text(spec))
+    if not submitted:
+        return
     try:
         with st.spinner("Analysing the model for AlphaLoRA and queueing the jobs…"):
             record = studies.start_study(spec)
@@ -164,6 +231,21 @@ def study_form() -> None:
     st.rerun()
 
 
+def cancel_button(choice: str) -> None:
+    """'Cancel study': cancels every queued or running run of the selected study (study.cancel_study)."""
+    if choice == ALL_RUNS or not hasattr(studies, "cancel_study"):
+        return
+    if st.button("Cancel study", key=f"cancel_study_{choice}", icon=":material/cancel:",
+                 help="Cancel all of this study's queued and running runs; finished runs are kept"):
+        try:
+            cancelled = studies.cancel_study(int(choice))
+        except SpectrascopeError as err:
+            st.error(str(err), icon=":material/error:")
+            return
+        st.session_state["study_cancelled"] = f"Study {choice}: {len(cancelled)} runs cancelled."
+        st.rerun()
+
+
 def status_line(jobs: list, record: dict | None, slot) -> bool:
     """Progress of the selection; True while something runs."""
     ended = sum(j.final for j in jobs)
@@ -172,8 +254,10 @@ def status_line(jobs: list, record: dict | None, slot) -> bool:
     active = ended < len(jobs) or base
     if not active:
         failed = [j for j in jobs if j.status != "done"]
+        cancelled = sum(j.status == "cancelled" for j in jobs)
         if failed:
-            slot.warning(f"{len(failed)} of {len(jobs)} runs did not finish: "
+            slot.warning(f"{len(jobs) - len(failed)} done / {len(jobs)} planned"
+                         + (f" ({cancelled} cancelled)" if cancelled else "") + ": "
                          + ", ".join(f"{j.name} ({j.status})" for j in failed[:6]), icon=":material/warning:")
         else:
             slot.caption(f":material/check_circle: {len(jobs)}/{len(jobs)} runs finished")
@@ -238,11 +322,16 @@ def results(choice: str) -> bool:
         st.info("No metrics yet: the first run is still training.", icon=":material/hourglass_top:")
         return active
     metric = common.bound_selectbox("Metric", options, "cmp_metric", where=c2)
-    shown = studies.format_table(table, (split,))
+    shown = studies.format_table(table, (split,), describe=True)
     constant = [c for c in ("model", "task") if shown[c].nunique() == 1]
     if constant:
         st.caption(" · ".join(f"{c}: **{shown[c].iloc[0]}**" for c in constant))
     st.dataframe(shown.drop(columns=constant), hide_index=True, width="stretch")
+    st.caption("Validation: the best validation score during training, used to select the checkpoint; test: that "
+               "checkpoint scored once. Trained methods: mean ± Student-t 95 % CI over n finished seeds (no "
+               "interval with n = 1). Base rows: accuracy [Wilson 95 % interval over the rows scored].")
+    if record is not None:
+        paired_section(record, jobs)
     d1, d2, _ = st.columns([1, 1, 4])
     d1.download_button("Download CSV", table.to_csv(index=False).encode(), f"{stem}-table.csv", "text/csv",
                        icon=":material/download:", help="numeric table: mean, CI half-width and n per metric")
@@ -262,6 +351,19 @@ def results(choice: str) -> bool:
                ("." if HAS_KALEIDO else " (kaleido is not installed, so the browser draws the PNG)."))
     spectra_links(runs, stem)
     return active
+
+
+def paired_section(record: dict, jobs: list) -> None:
+    """Each arm against its reference arm: paired test-accuracy difference with a bootstrap 95 % CI and a verdict."""
+    pairs = study_report.paired_comparisons(record, jobs)
+    if not pairs:
+        return
+    st.subheader("Paired comparison with the reference arm")
+    st.dataframe(study_report.comparison_frame(pairs), hide_index=True, width="stretch")
+    st.caption(f"Test accuracy of the arm minus its reference (allocation strategies against MoE-LoRA uniform, "
+               f"other methods against LoRA), paired over the same test rows and seeds: paired bootstrap of the "
+               f"rows ({study_report.RESAMPLES:,} resamples, percentile 95 % CI; the interval covers test-row "
+               f"sampling for these seeds). An interval containing 0 means no detectable difference.")
 
 
 def main() -> None:
@@ -289,6 +391,10 @@ def main() -> None:
         common.set_view("study", None)
     choice = common.bound_selectbox("Runs", options, "study", default=options[0], format_func=names.get)
     running = _running(choice)
+    if "study_cancelled" in st.session_state:
+        st.success(st.session_state.pop("study_cancelled"), icon=":material/cancel:")
+    if running:
+        cancel_button(choice)
 
     @st.fragment(run_every="2s" if running else None)
     def live() -> None:
