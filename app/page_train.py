@@ -289,7 +289,10 @@ def run_form(store: JobStore) -> None:
         warmup = st.number_input("Warm-up ratio", 0.0, 0.99, step=0.05, key=_default("warmup", DEFAULTS.warmup_ratio))
         decay = st.number_input("Weight decay", 0.0, 1.0, step=0.01, key=_default("decay", DEFAULTS.weight_decay))
         balance = st.number_input("Load-balance coefficient (MoE-LoRA)", 0.0, 1.0, step=0.001, format="%.4f",
-                                  key=_default("balance", DEFAULTS.load_balance_coef), disabled=method != "moe_lora")
+                                  key=_default("balance", DEFAULTS.load_balance_coef), disabled=method != "moe_lora",
+                                  help="Total loss = task loss + c · Σ over blocks of one Switch-style balance term "
+                                       "per block (MoLA's formula, c = 0.001). 0 is the paper setting: the "
+                                       "published MoLA / AlphaLoRA scripts train without it.")
         keep_best = st.checkbox("Keep the best validation pass", key=_default("keep_best", DEFAULTS.keep_best))
         device = st.selectbox("Device", ["auto", "cpu", "cuda"], key=_default("device", DEFAULTS.device))
         gpus = gpu_count()

@@ -52,7 +52,7 @@ class TrainConfig:
     target_modules: list[str] | None = None
     experts: int = 4                       # MoE-LoRA experts per layer without an allocation
     top_k: int = 2
-    load_balance_coef: float = 0.001
+    load_balance_coef: float = 0.001       # c · Σ_blocks L_l (MoLA); 0 = the published scripts (paper setting)
     allocation: dict | None = None         # an allocation JSON (rank_pattern for LoRA, experts for MoE-LoRA)
     allocation_file: str | None = None     # read into `allocation` by prepare_config
     device: str = "auto"                   # auto | cpu | cuda

@@ -37,9 +37,10 @@ class MoELoraConfig:
     top_k: list[int] | None = None          # None: 2 per block, 1 where a block has a single expert
     r: int = 8
     lora_alpha: float = 16.0                # scaling s = lora_alpha / r
-    dropout: float = 0.05                   # on the expert input only (the router sees the clean x)
+    dropout: float = 0.05                   # expert input, one mask per expert (the router sees the clean x)
     target_modules: list[str] = field(default_factory=lambda: [ALL_LINEAR])  # kinds (MODULE_KINDS) or suffixes
-    load_balance_coef: float = 0.001        # aux loss = coef * sum over adapted matrices of L; 0 disables it
+    load_balance_coef: float = 0.001        # aux loss = coef * Σ over blocks of L_l (one term per block, MoLA);
+    #                                         0 disables it, as the published MoLA / AlphaLoRA scripts ran
     modules_to_save: list[str] = field(default_factory=list)  # extra trainable, saved modules, e.g. ["classifier"]
 
     def __post_init__(self) -> None:
