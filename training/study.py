@@ -170,7 +170,9 @@ def method_label(config: dict) -> str:
 def runs_frame(jobs: list, store=None) -> pd.DataFrame:
     """One row per job: identity, method, allocation, seed, status, parameters, steps, time, and the stored
     validation / test metrics (result.json numbers are copied into the evaluations table on the way). Base-model
-    evaluation jobs are left out: their numbers are base_frame's rows."""
+    evaluation jobs are left out: their numbers are base_frame's rows; a study's jobs carry their arm's label."""
+    import re
+
     from training.base_jobs import is_base_eval
     from training.evaluation import EvalStore, _task_name, record_result
 
@@ -184,8 +186,11 @@ def runs_frame(jobs: list, store=None) -> pd.DataFrame:
         task = _task_name(cfg.get("task"))
         if job.status == "done":
             record_result(job, evals)
+        arm = re.fullmatch(r"study\d+-([a-z-]+)-s\d+", job.name or "")       # a study's job: its arm's label
+        key = arm.group(1).replace("-", "_") if arm else None
+        label = METHODS[key][0] if key in METHODS else method_label(cfg)
         row = {"run_id": str(job.id), "name": job.name, "model": cfg.get("model") or DEFAULT_MODEL, "task": task,
-               "method": method_label(cfg), "allocation": describe_allocation(cfg), "seed": cfg.get("seed", 0),
+               "method": label, "allocation": describe_allocation(cfg), "seed": cfg.get("seed", 0),
                "status": job.status, "trainable_params": result.get("trainable_params"),
                "steps": result.get("steps"), "seconds": result.get("seconds"), "run_dir": job.run_dir}
         for split in ("validation", "test"):

@@ -220,3 +220,13 @@ def test_empty_summary_keeps_its_columns():
     table = study.summarise_runs(pd.DataFrame())
     assert {"done", "planned", "cancelled"} <= set(table.columns)
     assert study.format_table(table).empty
+
+
+def test_params_matched_lora_keeps_its_own_label(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECTRASCOPE_DATA", str(tmp_path))
+    plant_study(tmp_path, {"lora": {0: ("done", range(140))}, "lora_matched": {0: ("done", range(150))}},
+                base=False)
+    runs, record = study.study_runs(1)
+    assert list(study.summarise_runs(runs)["method"]) == ["LoRA", "LoRA (params-matched)"]
+    (pair,) = study_report.paired_comparisons(record, study.study_jobs(record))
+    assert (pair["arm"], pair["reference"], pair["mean_diff"]) == ("LoRA (params-matched)", "LoRA", 0.05)
