@@ -260,9 +260,10 @@ def status_line(jobs: list, record: dict | None, slot) -> bool:
                          + (f" ({cancelled} cancelled)" if cancelled else "") + ": "
                          + ", ".join(f"{j.name} ({j.status})" for j in failed[:6]), icon=":material/warning:")
         else:
-            slot.caption(f":material/check_circle: {len(jobs)}/{len(jobs)} runs finished")
+            slot.caption(f":material/check_circle: {len(jobs)} done / {len(jobs)} planned")
         return False
-    text = f"{ended}/{len(jobs)} runs ended"
+    done, cancelled = sum(j.status == "done" for j in jobs), sum(j.status == "cancelled" for j in jobs)
+    text = f"{done} done / {len(jobs)} planned" + (f" ({cancelled} cancelled)" if cancelled else "")
     if running:
         lines = running[0].progress()
         step = f" · step {lines[-1]['step']}/{lines[-1]['total_steps']}" if lines else " · loading"
@@ -346,7 +347,7 @@ def results(choice: str) -> bool:
     curves = studies.loss_curves(jobs)
     if not curves.empty:
         chart(loss_figure(curves), "loss", stem)
-    st.caption("MoE-LoRA training losses include the load-balancing term (0.001 · Σ per-matrix balance loss). "
+    st.caption("MoE-LoRA training losses include the load-balancing term (c · Σ over blocks, c = 0.001 by default). "
                "PNG: the camera icon at the top right of each chart saves it" +
                ("." if HAS_KALEIDO else " (kaleido is not installed, so the browser draws the PNG)."))
     spectra_links(runs, stem)

@@ -421,7 +421,10 @@ def run_study_cli(args) -> int:
     spec = StudySpec(model=args.model, task=args.task, budget=args.budget, seeds=args.seeds,
                      max_steps=args.max_steps, beta=args.beta, methods=methods, options=_parse_set(args.set))
     record = start_study(spec, base_eval=not args.no_base)
-    print(f"study {record['id']}: {len(record['jobs'])} jobs queued; folder {record['folder']}", file=sys.stderr)
+    base = " and the base evaluation" if record.get("base_job") else ""
+    print(f"study {record['id']}: {len(record['jobs'])} runs ({len(methods)} arms × {spec.seeds} seeds){base} "
+          f"queued, roughly {record['plan']['seconds'] / 60:.0f} min on this machine; folder {record['folder']}",
+          file=sys.stderr)
     if not args.wait:
         print(json.dumps({"study": record["id"], "jobs": [j["job"] for j in record["jobs"]],
                           "folder": record["folder"]}))

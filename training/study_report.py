@@ -189,13 +189,15 @@ def study_report(study_id: int | str, store=None, evals=None, resamples: int = R
     "target_modules", "trainable_params", "seeds", "test_accuracy_mean", "test_accuracy_ci95", "reference",
     "diff_vs_reference_mean", "diff_vs_reference_ci95", "verdict", "rows"}], "baselines": {…}}.
 
+    "seeds" lists the seeds whose test accuracy is in the mean; "allocation" describes what the arm trained
+    ("rank 42", "alphalora β=2.5: 4-5-6-5-4-6 (30)", "all weights").
     test_accuracy_ci95 is the Student-t interval over seeds clipped to [0, 1] (None with one seed);
     diff_vs_reference_ci95 the paired bootstrap interval (None without a reference or a finished pair).
     """
     from training.evaluation import _task_name
     from training.jobs import JobStore
     from training.metrics import mean_ci
-    from training.study import METHODS, load_study, study_jobs
+    from training.study import METHODS, describe_allocation, load_study, study_jobs
 
     record = load_study(study_id)
     jobs = study_jobs(record, store or JobStore())
@@ -205,20 +207,23 @@ def study_report(study_id: int | str, store=None, evals=None, resamples: int = R
     keys = list(dict.fromkeys(e["key"] for e in record["jobs"]))
     arms = []
     for key in keys:
-        done = [by_id[str(e["job"])] for e in record["jobs"]
-                if e["key"] == key and str(e["job"]) in by_id and by_id[str(e["job"])].status == "done"]
+        entries = [e for e in record["jobs"] if e["key"] == key and str(e["job"]) in by_id
+                   and by_id[str(e["job"])].status == "done"]
+        done = [by_id[str(e["job"])] for e in entries]
         results = [j.result() or {} for j in done]
-        accs = [float(r["test"]["accuracy"]) for r in results if isinstance(r.get("test"), dict)
-                and isinstance(r["test"].get("accuracy"), (int, float))]
+        scored = [(e["seed"], float(r["test"]["accuracy"])) for e, r in zip(entries, results)
+                  if isinstance(r.get("test"), dict) and isinstance(r["test"].get("accuracy"), (int, float))]
+        accs = [acc for _, acc in scored]
         ci = mean_ci(accs) if accs else None
         params = [r["trainable_params"] for r in results if isinstance(r.get("trainable_params"), (int, float))]
         targets = next((r["target_modules"] for r in results if r.get("target_modules")), None)
         _, method, allocation = METHODS.get(key, (key, None, None))
         pair = pairs.get(key)
         arms.append({
-            "name": key, "label": _label(key), "method": method, "allocation": allocation,
+            "name": key, "label": _label(key), "method": method,
+            "allocation": describe_allocation(done[0].config) if done else allocation,
             "target_modules": targets, "trainable_params": int(round(float(np.mean(params)))) if params else None,
-            "seeds": len(accs), "test_accuracy_mean": _clean(ci.mean) if ci else None,
+            "seeds": [seed for seed, _ in scored], "test_accuracy_mean": _clean(ci.mean) if ci else None,
             "test_accuracy_ci95": [_clean(ci.low, 0, 1), _clean(ci.high, 0, 1)] if ci and ci.defined else None,
             "reference": REFERENCE.get(key) if REFERENCE.get(key) in keys else None,
             "diff_vs_reference_mean": _clean(pair["mean_diff"]) if pair else None,

@@ -117,22 +117,37 @@ def cli(*args, env, timeout=600):
 @pytest.mark.slow
 def test_cli_study_on_the_default_model_finishes_and_prints_the_table(tmp_path):
     env = dict(os.environ, SPECTRASCOPE_DATA=str(tmp_path), OMP_NUM_THREADS="1", SPECTRASCOPE_MAX_JOBS="1")
-    proc = cli("study", "--seeds", "1", "--max-steps", "1", *TINY, "--wait", env=env)
+    proc = cli("study", "--seeds", "1", "--max-steps", "1", *TINY, "--wait", "--json", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr and "study 1: 5 jobs queued" in proc.stderr
-    table = proc.stdout.strip().splitlines()
-    methods = [line.split(" | ")[2] for line in table[2:]]
-    assert methods == ["LoRA", "MoE-LoRA uniform", "MoE-LoRA MoLA", "MoE-LoRA AlphaLoRA", "Full fine-tune",
-                       "Base: linear probe", "Base: untrained head"]
+    *table_lines, last = proc.stdout.strip().splitlines()
+    report = json.loads(last)                                          # the contract other tools read
+    assert set(report) >= {"model", "task", "arms", "baselines"}
+    arm_fields = {"name", "method", "allocation", "target_modules", "trainable_params", "seeds",
+                  "test_accuracy_mean", "test_accuracy_ci95", "reference", "diff_vs_reference_ci95"}
+    assert [a["name"] for a in report["arms"]] == list(study.METHODS)
+    assert all(arm_fields <= set(a) and a["seeds"] == [0] and a["test_accuracy_ci95"] is None    # n = 1: no CI
+               for a in report["arms"])
+    arms = {a["name"]: a for a in report["arms"]}
+    assert arms["lora"]["target_modules"] == arms["moe_uniform"]["target_modules"]
+    assert len(arms["lora"]["target_modules"]) == 6
+    assert abs(arms["lora_matched"]["trainable_params"] / arms["moe_uniform"]["trainable_params"] - 1) < 0.10
+    assert arms["moe_alphalora"]["reference"] == "moe_uniform" and arms["full"]["reference"] == "lora"
+    lo, hi = report["baselines"]["linear_probe"]["ci95"]
+    assert lo <= report["baselines"]["linear_probe"]["test_accuracy"] <= hi and "untrained_head" in report["baselines"]
+    assert "Traceback" not in proc.stderr
+    assert "study 1: 6 runs (6 arms × 1 seeds) and the base evaluation queued, roughly" in proc.stderr
+    methods = [line.split(" | ")[2] for line in table_lines[2:]]
+    assert methods == ["LoRA", "LoRA (params-matched)", "MoE-LoRA uniform", "MoE-LoRA MoLA", "MoE-LoRA AlphaLoRA",
+                       "Full fine-tune", "Base: linear probe", "Base: untrained head"]
     record = json.loads((tmp_path / "studies" / "1" / "study.json").read_text())
     assert [j["key"] for j in record["jobs"]] == list(study.METHODS) and record["n_layers"] == 6
     for key in ("moe_uniform", "moe_mola", "moe_alphalora"):
         alloc = json.loads(Path(record["allocations"][key]).read_text())
         assert alloc["total"] == 30 and len(alloc["experts"]) == 6
     shown = json.loads(cli("study-show", "1", "--json", env=env).stdout)
-    assert len(shown) == 7 and all(0 <= r["test accuracy"] <= 1 for r in shown)
-    assert shown[3]["allocation"].startswith("alphalora β=2.5")
-    assert {r["steps"] for r in shown[:5]} == {1.0}
+    assert len(shown) == 8 and all(0 <= r["test accuracy"] <= 1 for r in shown)
+    assert shown[4]["allocation"].startswith("alphalora β=2.5")
+    assert {r["steps"] for r in shown[:6]} == {1.0}
     assert "rotten_tomatoes" in cli("study-list", env=env).stdout
     bad = cli("study-show", "7", env=env)
     assert bad.returncode == 2 and "no study with id 7" in bad.stderr

@@ -168,18 +168,20 @@ def test_study_json_has_the_documented_fields(planted):
     assert all(fields <= set(a) for a in arms.values())
     lora = arms["lora"]
     half = T95_2DF * 0.05 / math.sqrt(3)                              # s of (0.70, 0.75, 0.80) is 0.05
-    assert (lora["method"], lora["allocation"], lora["seeds"], lora["reference"]) == ("lora", None, 3, None)
+    assert (lora["method"], lora["allocation"], lora["seeds"], lora["reference"]) == ("lora", "rank 8", [0, 1, 2],
+                                                                                      None)
     assert lora["test_accuracy_mean"] == pytest.approx(0.75)
     assert lora["test_accuracy_ci95"] == pytest.approx([0.75 - half, 0.75 + half], abs=1e-6)      # 6 decimals
     assert lora["diff_vs_reference_ci95"] is None and lora["target_modules"] == TARGETS
     assert lora["trainable_params"] == PARAMS["lora"]
     uniform = arms["moe_uniform"]
-    assert (uniform["method"], uniform["allocation"], uniform["reference"]) == ("moe_lora", "uniform", "lora")
+    assert (uniform["method"], uniform["reference"]) == ("moe_lora", "lora")
+    assert uniform["allocation"].startswith("uniform")
     assert uniform["diff_vs_reference_ci95"][0] > 0 and uniform["verdict"] == "MoE-LoRA uniform better"
     alpha = arms["moe_alphalora"]
-    assert alpha["seeds"] == 1 and alpha["test_accuracy_mean"] == 0.75 and alpha["test_accuracy_ci95"] is None
+    assert len(alpha["seeds"]) == 1 and alpha["test_accuracy_mean"] == 0.75 and alpha["test_accuracy_ci95"] is None
     assert alpha["reference"] == "moe_uniform" and alpha["diff_vs_reference_ci95"][0] < 0
-    assert arms["moe_mola"]["seeds"] == 0 and arms["moe_mola"]["test_accuracy_mean"] is None
+    assert arms["moe_mola"]["seeds"] == [] and arms["moe_mola"]["test_accuracy_mean"] is None
     probe = report["baselines"]["linear_probe"]
     assert probe["test_accuracy"] == 0.62 and probe["ci95"] == pytest.approx(list(wilson_by_hand(124, ROWS)))
 
