@@ -206,17 +206,19 @@ def study_form() -> None:
                           key="study_task")
     budget = c[2].number_input("Expert budget", 0, 10_000, 0, key="study_budget",
                                help="MoE-LoRA experts over all layers; 0 = 5 × layers")
+    defaults = studies.STUDY_DEFAULTS                       # the sweep-backed budget the CLI uses too
     seeds = c[3].number_input("Seeds", 1, 20, 3, key="study_seeds")
-    steps = c[4].number_input("Max steps", 0, 100_000, 30, key="study_steps",
+    steps = c[4].number_input("Max steps", 0, 100_000, defaults["max_steps"], key="study_steps",
                               help="optimizer steps per run; 0 = one epoch")
     d = st.columns(4)
-    train_rows = d[0].number_input("Train rows", 1, 1_000_000, 1000, key="study_train_rows")
-    eval_rows = d[1].number_input("Validation rows", 1, 1_000_000, 300, key="study_eval_rows")
-    test_rows = d[2].number_input("Test rows", 1, 1_000_000, 1000, key="study_test_rows")
+    rows = {}
+    for col, (label, key) in zip(d, (("Train rows", "max_train_rows"), ("Validation rows", "max_eval_rows"),
+                                     ("Test rows", "max_test_rows"))):
+        rows[key] = col.number_input(label, 0, 1_000_000, defaults[key] or 0, key=f"study_{key}",
+                                     help="0 = every row of the split")
     spec = studies.StudySpec(model=(model or "").strip() or None, task=task, budget=int(budget) or None,
                              seeds=int(seeds), max_steps=int(steps) or None,
-                             options={"max_train_rows": int(train_rows), "max_eval_rows": int(eval_rows),
-                                      "max_test_rows": int(test_rows)})
+                             options={key: int(v) or None for key, v in rows.items()})
     submitted = d[3].button("Queue the study", type="primary", icon=":material/play_arrow:", key="study_start")
     st.caption(plan_text(spec))
     if not submitted:
@@ -233,7 +235,7 @@ def study_form() -> None:
 
 def cancel_button(choice: str) -> None:
     """'Cancel study': cancels every queued or running run of the selected study (study.cancel_study)."""
-    if choice == ALL_RUNS or not hasattr(studies, "cancel_study"):
+    if choice == ALL_RUNS:
         return
     if st.button("Cancel study", key=f"cancel_study_{choice}", icon=":material/cancel:",
                  help="Cancel all of this study's queued and running runs; finished runs are kept"):

@@ -462,11 +462,13 @@ def wait_study(study_id: int, poll: float = 1.0, out=None) -> dict:
                     current = job
             finished = sum(j.final for j in jobs)
             bar.total, bar.n = max(totals, 1), done_steps
-            what = f"running {current.name}" if current else ("base evaluation" if base_eval_running(record)
+            what = f"running {current.name}" if current else ("base evaluation" if base_eval_running(record, store)
                                                                else "")
-            bar.set_description(f"study {study_id}: {finished}/{len(jobs)} runs ended {what}".rstrip())
+            done, cancelled = sum(j.status == "done" for j in jobs), sum(j.status == "cancelled" for j in jobs)
+            counts = f"{done} done / {len(jobs)} planned" + (f" ({cancelled} cancelled)" if cancelled else "")
+            bar.set_description(f"study {study_id}: {counts} {what}".rstrip())
             bar.refresh()
-            if finished == len(jobs) and not base_eval_running(record):
+            if finished == len(jobs) and not base_eval_running(record, store):
                 return record
             time.sleep(poll)
     except KeyboardInterrupt:

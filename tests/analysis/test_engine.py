@@ -39,7 +39,11 @@ def assert_matches_weightwatcher(result: engine.AnalysisResult, folder, min_comm
     assert np.allclose(joined["xmin_native"], joined["xmin"], rtol=1e-6)
     # entropy and rank: equal to weightwatcher's wherever the matrix is full rank at its stored precision
     full = joined[joined["matrix_rank_native"] == joined[["rows", "cols"]].min(axis=1)]
-    assert len(full) >= min_common - 2
+    assert len(full) >= min_common / 2
+    # the others are rank-deficient at their stored precision: our rank is numpy's on the stored float32 array
+    source = open_source(folder)
+    for name in joined.loc[~joined.index.isin(full.index), "ours"]:
+        assert ours.loc[name, "matrix_rank"] == np.linalg.matrix_rank(source.load_array(name)), name
     assert (full["matrix_rank_native"] == full["matrix_rank"]).all()
     np.testing.assert_allclose(full["entropy_native"].astype(float), full["entropy"].astype(float), rtol=1e-6)
 

@@ -156,7 +156,7 @@ def test_bad_configs_are_rejected_with_a_clear_message(config, message):
 def test_defaults_are_short_cpu_runs():
     cfg = TrainConfig()
     assert (cfg.method, cfg.model, cfg.task) == ("lora", None, "rotten_tomatoes")
-    assert cfg.learning_rate == 2e-4 and TrainConfig(method="full").learning_rate == 3e-5
+    assert cfg.learning_rate == 1e-3 and TrainConfig(method="full").learning_rate == 1e-4     # the sweep's picks
     assert (cfg.max_length, cfg.batch_size) == (64, 16)
 
 
