@@ -208,7 +208,7 @@ def study_form() -> None:
                                help="MoE-LoRA experts over all layers; 0 = 5 × layers")
     defaults = studies.STUDY_DEFAULTS                       # the sweep-backed budget the CLI uses too
     seeds = c[3].number_input("Seeds", 1, 20, 3, key="study_seeds")
-    steps = c[4].number_input("Max steps", 0, 100_000, defaults["max_steps"], key="study_steps",
+    steps = c[4].number_input("Max steps", 0, 100_000, defaults["max_steps"] or 0, key="study_steps",
                               help="optimizer steps per run; 0 = one epoch")
     d = st.columns(4)
     rows = {}

@@ -14,9 +14,22 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-COLOURS = {"LoRA": "#1f77b4", "MoE-LoRA uniform": "#ff7f0e", "MoE-LoRA MoLA": "#2ca02c",
+COLOURS = {"LoRA": "#1f77b4", "LoRA (params-matched)": "#17becf", "MoE-LoRA uniform": "#ff7f0e", "MoE-LoRA MoLA": "#2ca02c",
            "MoE-LoRA AlphaLoRA": "#d62728", "Full fine-tune": "#9467bd", "Base: linear probe": "#7f7f7f",
            "Base: untrained head": "#bcbd22", "Base: zero-shot": "#7f7f7f"}
+
+
+def error_bars(data, col: str):
+    """(below, above) bar lengths: Student-t over seeds where n ≥ 2, Wilson for the baselines, none for n = 1."""
+    import numpy as np
+
+    half = data[f"{col} ci"].to_numpy(dtype=float)
+    low, high = np.where(np.isnan(half), 0.0, half), np.where(np.isnan(half), 0.0, half)
+    if f"ci_lo {col}" in data:
+        lo, hi = data[f"ci_lo {col}"].to_numpy(dtype=float), data[f"ci_hi {col}"].to_numpy(dtype=float)
+        wilson = ~np.isnan(lo) & np.isnan(half)
+        low[wilson], high[wilson] = (data[col].to_numpy(dtype=float) - lo)[wilson], (hi - data[col].to_numpy(dtype=float))[wilson]
+    return low, high
 
 
 def draw(table, metric: str, title: str, path: Path) -> None:
@@ -31,15 +44,15 @@ def draw(table, metric: str, title: str, path: Path) -> None:
     col = f"test {metric}"
     data = table.dropna(subset=[col]).reset_index(drop=True)
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [1.15, 1]})
-    colours = [COLOURS.get(m, "#17becf") for m in data["method"]]
-    errors = data[f"{col} ci"].fillna(0).to_numpy()
-    left.bar(range(len(data)), data[col], yerr=errors, color=colours, capsize=4, edgecolor="white")
-    for i, (v, e) in enumerate(zip(data[col], errors)):
+    colours = [COLOURS.get(m, "#8c564b") for m in data["method"]]
+    low, high = error_bars(data, col)
+    left.bar(range(len(data)), data[col], yerr=[low, high], color=colours, capsize=4, edgecolor="white")
+    for i, (v, e) in enumerate(zip(data[col], high)):
         left.text(i, v + e + 0.01, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
     left.set_xticks(range(len(data)), data["method"], rotation=30, ha="right", fontsize=9)
     left.set_ylabel(f"test {metric}")
     left.set_ylim(bottom=min(0.0, float(data[col].min())))
-    left.set_title(f"test {metric}: mean ± 95 % CI over seeds", fontsize=10)
+    left.set_title(f"test {metric}: mean ± 95 % CI over seeds (baselines: Wilson on the test rows)", fontsize=10)
     left.grid(axis="y", alpha=0.3)
 
     trained = data[data["trainable_params"] > 0]

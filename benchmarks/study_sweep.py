@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-# The study's budget (training.study.STUDY_DEFAULTS) that the sweep holds fixed while it varies one setting.
+# The budget the sweep holds fixed while it varies one setting: the study's (training.study_plan.STUDY_DEFAULTS,
+# one epoch of the 2,000 rows = 125 steps) but stopped at 120 steps.
 BUDGET = {"task": "rotten_tomatoes", "max_steps": 120, "max_train_rows": 2000, "max_eval_rows": 500,
           "max_test_rows": None, "eval_every": 40, "batch_size": 16, "max_length": 64, "device": "cpu"}
 ADAPTER = {"target_modules": ["all-linear"], "rank": 8}

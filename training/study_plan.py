@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 
 from analysis.config import DEFAULT_MODEL
@@ -20,8 +21,9 @@ MOLA_RAMP = (1, 2, 3, 4)                 # the shape of MoLA's "2468": experts g
 # Every adapter arm adapts the same matrices: each Linear inside the blocks (BERT: q, k, v, attention output,
 # intermediate, output), so LoRA and MoE-LoRA differ in their method, not in what they touch.
 ADAPTER_TARGETS = ["all-linear"]
-# The study's default budget, chosen from the sweep in docs/sweep_default.md (benchmarks/study_sweep.py).
-STUDY_DEFAULTS = {"max_steps": 120, "max_train_rows": 2000, "max_eval_rows": 500, "max_test_rows": None,
+# The study's default budget, chosen from the sweep in docs/sweep_default.md (benchmarks/study_sweep.py, 120
+# steps): one epoch over a 2,000-row training subset (125 steps of 16), 500 validation rows, the whole test split.
+STUDY_DEFAULTS = {"max_steps": None, "max_train_rows": 2000, "max_eval_rows": 500, "max_test_rows": None,
                   "eval_every": 40}
 # Rough seconds per optimizer step and per run (loading, validation passes, test) of the default model on the
 # project's 2-core CPU, measured in the sweep; other models scale by their parameter count. plan_study prefers
@@ -173,7 +175,9 @@ def plan_study(spec: StudySpec, store=None) -> dict:
 
     spec.check()
     store = store or JobStore()
-    steps = spec.max_steps or 63
+    options = spec.job_options()
+    rows = options.get("max_train_rows") or 10_000                  # no limit: a typical task's training split
+    steps = spec.max_steps or math.ceil(rows / options.get("batch_size", 16)) * options.get("epochs", 1)
     history: dict[str, list[tuple[float, float]]] = {}
     for job in store.list(reconcile=False):
         result = job.result() or {}
