@@ -455,7 +455,8 @@ def wait_study(study_id: int, poll: float = 1.0, out=None) -> dict:
             totals, done_steps, current = 0, 0, None
             for job in jobs:
                 lines = job.progress()
-                total = (lines[-1].get("total_steps") if lines else None) or job.config.get("max_steps") or 0
+                total = ((lines[-1].get("total_steps") if lines else None) or job.config.get("max_steps")
+                         or (record.get("plan") or {}).get("steps") or 0)
                 totals += total
                 done_steps += total if job.final else (lines[-1]["step"] if lines else 0)
                 if job.status == "running":

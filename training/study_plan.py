@@ -163,7 +163,8 @@ def arm_configs(spec: StudySpec, files: dict[str, str], matrices: list) -> dict[
 
 
 def plan_study(spec: StudySpec, store=None) -> dict:
-    """How many runs a study queues and roughly how long they take: {"runs", "seconds", "per_run_seconds"}.
+    """How many runs a study queues and roughly how long they take: {"runs", "seconds", "per_run_seconds",
+    "steps" (optimizer steps per run)}.
 
     Per arm: the median seconds per step of this machine's finished runs of the same model and method times the
     steps, plus their median fixed cost; without such runs, STEP_SECONDS / RUN_OVERHEAD_SECONDS (the default
@@ -197,4 +198,4 @@ def plan_study(spec: StudySpec, store=None) -> dict:
         else:
             per_run[key] = (STEP_SECONDS[method] * steps + RUN_OVERHEAD_SECONDS) * scale
     total = spec.seeds * sum(per_run.values()) + RUN_OVERHEAD_SECONDS * scale      # + the base evaluation
-    return {"runs": spec.seeds * len(spec.methods), "seconds": total, "per_run_seconds": per_run}
+    return {"runs": spec.seeds * len(spec.methods), "seconds": total, "per_run_seconds": per_run, "steps": steps}
