@@ -114,7 +114,9 @@ def describe_allocation(config: dict) -> str:
     if config.get("method") == "full":
         return "all weights"
     if config.get("method") == "lora" and not alloc:
-        return f"rank {config.get('rank', 8)}"
+        rank = config.get("rank", 8)
+        alpha = config.get("alpha")
+        return f"rank {rank}" + ("" if alpha is None or alpha == 2 * rank else f", α {alpha:g}")
     experts = alloc.get("experts")
     if not experts:
         n = config.get("experts", 4)
@@ -157,7 +159,12 @@ def arm_configs(spec: StudySpec, files: dict[str, str], matrices: list) -> dict[
         if key == "lora_matched":
             uniform = study_allocations(StudySpec(budget=spec.budget, methods=["moe_uniform"]),
                                         [1.0] * len({m.layer for m in matrices if m.layer is not None}))
-            config["rank"] = matched_lora_rank(matrices, uniform["moe_uniform"], spec.options.get("rank", 8))[0]
+            base_rank = spec.options.get("rank", 8)
+            config["rank"] = matched_lora_rank(matrices, uniform["moe_uniform"], base_rank)[0]
+            # α stays the rank-8 arms' α (LoRA's own rule: fix α when varying r, so the learning rate carries
+            # over). With α = 2r the update grows with r: r = 42 at lr 1e-3 scored 0.704 validation, α = 16
+            # 0.782 (docs/sweep_default.md).
+            config["alpha"] = spec.options.get("alpha") or 2.0 * base_rank
         out[key] = config
     return out
 
