@@ -190,14 +190,25 @@ def runs_frame(jobs: list, store=None) -> pd.DataFrame:
         key = arm.group(1).replace("-", "_") if arm else None
         label = METHODS[key][0] if key in METHODS else method_label(cfg)
         row = {"run_id": str(job.id), "name": job.name, "model": cfg.get("model") or DEFAULT_MODEL, "task": task,
-               "method": label, "allocation": describe_allocation(cfg), "seed": cfg.get("seed", 0),
-               "status": job.status, "trainable_params": result.get("trainable_params"),
+               "method": label, "allocation": describe_allocation(cfg), "targets": targets_text(cfg, result),
+               "seed": cfg.get("seed", 0), "status": job.status, "trainable_params": result.get("trainable_params"),
                "steps": result.get("steps"), "seconds": result.get("seconds"), "run_dir": job.run_dir}
         for split in ("validation", "test"):
             for metric, value in evals.get(str(job.id), task, split, "").items():
                 row[f"{split} {metric}"] = value
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def targets_text(config: dict, result: dict) -> str:
+    """What a run adapted, short: 'q, k, v, o, up, down' (module kinds in a block), 'all weights' for full."""
+    from training.moe_lora.config import MODULE_KINDS
+
+    if config.get("method") == "full":
+        return "all weights"
+    kind_of = {local: kind for kind, names in MODULE_KINDS.items() for local in names}
+    names = result.get("target_modules") or config.get("target_modules") or []
+    return ", ".join(kind_of.get(n, n) for n in names) or "default"
 
 
 def base_frame(model: str | None, task: str, store=None, rows_hash: dict | None = None) -> pd.DataFrame:
@@ -251,6 +262,9 @@ def summarise_runs(runs: pd.DataFrame) -> pd.DataFrame:
         base = not group["seed"].notna().any()
         row["runs"] = "base" if base else f"{len(done)}/{len(group)}"
         row["done"], row["planned"] = len(done), len(group)
+        if "targets" in group:
+            named = (done if len(done) else group)["targets"].dropna()
+            row["targets"] = named.iloc[0] if len(named) else "—"
         row["cancelled"] = int((group["status"] == "cancelled").sum())
         row["failed"] = int(group["status"].isin(["failed", "lost"]).sum())
         for split in ("validation", "test"):
@@ -306,6 +320,8 @@ def format_table(table: pd.DataFrame, splits: tuple[str, ...] = ("validation", "
     from training.study_report import done_planned, n_cell
 
     out = table[[c for c in GROUP if c in table]].copy()
+    if "targets" in table:
+        out["targets"] = table["targets"].fillna("—")
     out["done / planned"] = table.apply(done_planned, axis=1) if len(table) else []
     shown = [s for s in ("test", "validation") if s in splits]
     out["n"] = table.apply(lambda r: n_cell(r, shown), axis=1) if len(table) else []

@@ -209,3 +209,15 @@ def test_study_queues_base_evaluation_first_and_cancel_study_cancels_everything(
     assert set(cancelled) == {j.id for j in jobs if not j.final}
     assert all(store.get(j.id).status == "cancelled" for j in jobs)
     assert not study.study_running(study.load_study(record["id"]))
+
+
+def test_table_names_each_arms_target_modules():
+    bert = ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+            "intermediate.dense", "output.dense"]
+    assert study.targets_text({"method": "lora"}, {"target_modules": bert}) == "q, k, v, o, up, down"
+    assert study.targets_text({"method": "moe_lora", "target_modules": ["all-linear"]}, {}) == "all-linear"
+    assert study.targets_text({"method": "full"}, {"target_modules": ["all"]}) == "all weights"
+    df = runs({"LoRA": [0.8, 0.9]}).assign(targets="q, v")
+    shown = format_table(summarise_runs(df), ("test",))
+    assert list(shown["targets"]) == ["q, v"] and list(shown.columns[:5]) == ["model", "task", "method",
+                                                                             "allocation", "targets"]
