@@ -29,7 +29,7 @@ def test_queue_a_study_and_compare_its_runs(page: Page, app_url: str, artifacts)
     # the fragment refreshes every 2 s while the 6 runs and the base evaluation go on, then stops
     bars = page.locator(CHART).filter(has_text="by method").first
     expect(bars.locator(".js-plotly-plot")).to_be_visible(timeout=300_000)
-    expect(page.get_by_text("6 done / 6 planned")).to_be_visible(timeout=400_000)
+    expect(page.get_by_text("6 done / 6 planned").first).to_be_visible(timeout=400_000)
     expect(page.locator(CHART)).to_have_count(3, timeout=60_000)
     pareto = page.locator(CHART).filter(has_text="Pareto front").first
     expect(pareto).to_contain_text("Base: linear probe")
