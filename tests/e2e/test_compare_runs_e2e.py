@@ -34,7 +34,7 @@ def test_queue_a_study_and_compare_its_runs(page: Page, app_url: str, artifacts)
     pareto = page.locator(CHART).filter(has_text="Pareto front").first
     expect(pareto).to_contain_text("Base: linear probe")
     expect(page.get_by_test_id("stPageLink-NavLink")).to_have_count(1)
-    expect(page.get_by_test_id("stPageLink-NavLink")).to_have_attribute("href", re.compile(r"cs_runs=1-study1-lora"))
+    expect(page.get_by_test_id("stPageLink-NavLink")).to_have_attribute("href", re.compile(r"cs_runs=2-study1-lora-s0"))   # job 1 is the base evaluation
     expect(page.locator(IDLE)).to_be_attached(timeout=60_000)
     page.set_viewport_size({"width": 1400, "height": 2000})
     page.wait_for_timeout(1500)
