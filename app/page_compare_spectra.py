@@ -15,7 +15,7 @@ import streamlit as st
 
 from analysis import alpha_noise, intruders
 from analysis.config import DEFAULT_MODEL, data_dir
-from analysis.runs_index import RunArtifact, list_runs, seed_pairs
+from training.runs_index import RunArtifact, list_runs, seed_pairs
 from analysis.types import MatrixInfo, SpectrascopeError
 from app import charts_spectra as cs
 from app import common
@@ -84,7 +84,7 @@ class Side:
 
     @property
     def moe(self) -> bool:
-        return self.run is not None and self.run.method == "moe_lora"
+        return self.run is not None and self.run.weights == "moe"
 
 
 def short(path: str, n: int = 32) -> str:
@@ -100,7 +100,7 @@ def build_sides(base: str, runs: list[RunArtifact], chosen: list[str], manual: l
         if run is None:
             continue
         b, model, adapter = run.sources()
-        sides.append(Side(run.label, b or base, model if run.method != "lora" else (b or base), adapter, run))
+        sides.append(Side(run.label, b or base, model if run.weights != "adapter" else (b or base), adapter, run))
     for model, adapter in manual:
         label = " + ".join(short(p) for p in (model or base, adapter) if p)
         sides.append(Side(label, base, model or base, adapter or None))

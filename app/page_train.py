@@ -18,7 +18,8 @@ from app import common
 from app.train_format import human_bytes, human_seconds
 from training.jobs import NAME_RE, JobStore, default_name, gpu_count, job_processes, read_jsonl
 from training.model_check import model_problem
-from training.trainer import DEFAULT_LR, METHODS, TrainConfig
+from training import registry
+from training.trainer import TrainConfig
 
 try:
     from analysis import allocation_store as ALLOC_STORE
@@ -29,7 +30,6 @@ RUN_VIEW = "train_run"                     # the selected run's id, mirrored int
 common.register_view_keys(RUN_VIEW)
 HERE = Path(__file__).resolve().parent
 SPECTRA_PAGE, RUNS_PAGE = "page_compare_spectra.py", "page_compare_runs.py"
-METHOD_LABELS = {"lora": "LoRA", "moe_lora": "MoE-LoRA", "full": "Full fine-tune"}
 NO_ALLOCATION = "(none)"
 POLL = "2s"                                # the live views refresh this often while jobs are queued or running
 MAX_TABLE_ROWS = 200
@@ -177,25 +177,27 @@ def model_picker(where) -> str:
 def allocation_section(method: str, model: str) -> tuple[dict | None, list[str]]:
     """The allocation picker (LoRA: rank_pattern, MoE-LoRA: experts + top-k per layer); (allocation dict, problems)."""
     problems: list[str] = []
-    if method == "full":
-        st.caption("A full fine-tune trains every weight: no allocation.")
+    spec = registry.get(method)
+    if spec.allocation is None:
+        st.caption(f"{spec.label} takes no allocation: the same settings for every layer.")
         return None, problems
+    experts = spec.allocation == "experts"
     saved, current = saved_allocations()
     names = [n for n, err in saved if err is None]
     broken = [(n, err) for n, err in saved if err is not None]
-    key = _default(f"alloc_{method}", current if current in names and (method == "moe_lora" or _has_ranks(current))
+    key = _default(f"alloc_{method}", current if current in names and (experts or _has_ranks(current))
                    else NO_ALLOCATION)
     if st.session_state[key] not in [NO_ALLOCATION] + names:
         st.session_state[key] = NO_ALLOCATION
     c1, c2 = st.columns([1, 2])
-    what = "LoRA ranks per layer (rank_pattern)" if method == "lora" else "experts and top-k per layer"
+    what = "experts and top-k per layer" if experts else "LoRA ranks per layer (rank_pattern)"
     pick = c1.selectbox("Allocation", [NO_ALLOCATION] + names, key=key, format_func=lambda n: n + " (current)" * (
         n == current), help=f"A saved allocation from the Allocate page gives the {what}; (current): the one its **Use "
         f"for training** chose. {NO_ALLOCATION}: the same settings for every layer.")
     for name, err in broken:
         c2.warning(f"Saved allocation **{name}** cannot be used: {err}", icon=":material/warning:")
     if pick == NO_ALLOCATION:
-        if method == "moe_lora":
+        if experts:
             a, b = c2.columns(2)
             a.number_input("Experts per layer", 1, 64, step=1, key=_default("experts", DEFAULTS.experts))
             b.number_input("Top-k (experts per token)", 1, 64, step=1, key=_default("top_k", DEFAULTS.top_k))
@@ -214,7 +216,7 @@ def allocation_section(method: str, model: str) -> tuple[dict | None, list[str]]
     with c2:
         st.caption(f"**{pick}** · strategy {alloc.strategy} · made for {alloc.model or 'an unnamed model'} · "
                    f"{n_alloc} layers")
-        if method == "moe_lora":
+        if experts:
             st.dataframe(pd.DataFrame([alloc.experts, alloc.top_k], index=["experts", "top-k"],
                                       columns=[f"L{i}" for i in range(n_alloc)]), width="stretch")
             st.caption(f"{alloc.total} experts in all; rank {st.session_state.get(K + 'rank', DEFAULTS.rank)} each.")
@@ -240,6 +242,34 @@ def allocation_section(method: str, model: str) -> tuple[dict | None, list[str]]
     return {**alloc.to_dict(), "name": pick}, problems
 
 
+def method_option_inputs(spec) -> dict:
+    """Inputs for the method's own options (its Method.options dataclass), in the More popover; the values that
+    differ from the defaults."""
+    from dataclasses import MISSING, fields
+
+    if spec.options is None:
+        return {}
+    st.markdown(f"**{spec.label} options**")
+    out = {}
+    for f in fields(spec.options):
+        default = f.default if f.default is not MISSING else None
+        key, text = _default(f"opt_{spec.name}_{f.name}", default), f.metadata.get("help") if f.metadata else None
+        label = f.name.replace("_", " ")
+        if isinstance(default, bool):
+            value = st.checkbox(label, key=key, help=text)
+        elif isinstance(default, int):
+            value = st.number_input(label, 0, 10**7, step=1, key=key, help=text)
+        elif isinstance(default, float):
+            value = st.number_input(label, 0.0, 1e6, key=key, format="%.4g", help=text)
+        elif isinstance(default, str) and f.metadata.get("choices"):
+            value = st.selectbox(label, list(f.metadata["choices"]), key=key, help=text)
+        else:
+            value = st.text_input(label, key=key, help=text) or None
+        if value != default:
+            out[f.name] = value
+    return out
+
+
 def run_form(store: JobStore) -> None:
     """Model, task, method, hyperparameters, allocation, run name and Submit."""
     kinds = task_kinds(str(data_dir()))
@@ -250,8 +280,10 @@ def run_form(store: JobStore) -> None:
     task = c2.selectbox("Task", tasks, key=key, format_func=lambda t: t + " (decoder)" * (t in generative),
                         help="Built-in tasks and your own in <data>/tasks (see training/tasks/README.md); "
                              "(decoder): a generative task, for causal LMs only")
-    method = c3.selectbox("Method", list(METHODS), key=_default("method", DEFAULTS.method),
-                          format_func=METHOD_LABELS.get)
+    method = c3.selectbox("Method", registry.names(), key=_default("method", DEFAULTS.method),
+                          format_func=registry.label, help="\n".join(f"- **{m.label}**: {m.summary}"
+                                                                     for m in registry.all_methods()))
+    spec = registry.get(method)
     name = c4.text_input("Run name", key=_default("name", ""), max_chars=64,
                          placeholder=default_name({"method": method, "task": task}),
                          help="Letters, digits, '_', '.' or '-'. Empty: <method>-<task>. The run folder is "
@@ -261,11 +293,11 @@ def run_form(store: JobStore) -> None:
         st.error(name_problem, icon=":material/error:")
 
     h = st.columns(7)
-    rank = h[0].number_input("Rank", 1, 512, step=1, key=_default("rank", DEFAULTS.rank), disabled=method == "full",
+    rank = h[0].number_input("Rank", 1, 512, step=1, key=_default("rank", DEFAULTS.rank), disabled="rank" not in spec.takes,
                              help="LoRA rank (per expert for MoE-LoRA)")
     lr = h[1].number_input("Learning rate", 1e-7, 0.5, step=1e-5, format="%.1e", key=_default("lr", None),
-                           placeholder=f"{DEFAULT_LR[method]:.0e}",
-                           help=f"Empty: {DEFAULT_LR['lora']:g} for adapters, {DEFAULT_LR['full']:g} for full")
+                           placeholder=f"{spec.default_lr:.0e}",
+                           help=f"Empty: {spec.label}'s default, {spec.default_lr:g} (docs/sweep_default.md)")
     epochs = h[2].number_input("Epochs", 1, 100, step=1, key=_default("epochs", DEFAULTS.epochs))
     max_steps = h[3].number_input("Max steps", 1, 10**7, step=10, key=_default("max_steps", DEFAULTS.max_steps),
                                   placeholder="epochs decide", help="Optimizer steps; overrides epochs when set")
@@ -284,15 +316,21 @@ def run_form(store: JobStore) -> None:
     with r[4].popover("More", icon=":material/tune:", width="stretch",
                      help="LoRA alpha, dropout, warm-up, weight decay, load balance, best pass, device, processes"):
         alpha = st.number_input("LoRA alpha", 0.0, 4096.0, key=_default("alpha", DEFAULTS.alpha),
-                                placeholder="2 × rank", disabled=method == "full")
+                                placeholder="2 × rank", disabled="alpha" not in spec.takes)
         dropout = st.number_input("Dropout", 0.0, 0.9, step=0.05, key=_default("dropout", DEFAULTS.dropout))
         warmup = st.number_input("Warm-up ratio", 0.0, 0.99, step=0.05, key=_default("warmup", DEFAULTS.warmup_ratio))
         decay = st.number_input("Weight decay", 0.0, 1.0, step=0.01, key=_default("decay", DEFAULTS.weight_decay))
         balance = st.number_input("Load-balance coefficient (MoE-LoRA)", 0.0, 1.0, step=0.001, format="%.4f",
-                                  key=_default("balance", DEFAULTS.load_balance_coef), disabled=method != "moe_lora",
+                                  key=_default("balance", DEFAULTS.load_balance_coef),
+                                  disabled="load_balance_coef" not in spec.takes,
                                   help="Total loss = task loss + c · Σ over blocks of one Switch-style balance term "
                                        "per block (MoLA's formula, c = 0.001). 0 is the paper setting: the "
                                        "published MoLA / AlphaLoRA scripts train without it.")
+        routing = st.selectbox("Routing (MoE-LoRA)", ["token", "prompt"], key=_default("routing", DEFAULTS.routing),
+                               disabled="routing" not in spec.takes,
+                               help="token: every token picks its experts; prompt: the experts are picked once per "
+                                    "sequence from the pooled prompt and reused for every generated token (MiLoRA)")
+        own = method_option_inputs(spec)
         keep_best = st.checkbox("Keep the best validation pass", key=_default("keep_best", DEFAULTS.keep_best))
         device = st.selectbox("Device", ["auto", "cpu", "cuda"], key=_default("device", DEFAULTS.device))
         gpus = gpu_count()
@@ -327,13 +365,16 @@ def run_form(store: JobStore) -> None:
               "keep_best": bool(keep_best), "device": device, ("gpus" if gpus else "cpu_processes"): int(procs),
               "trust_remote_code": bool(trust),
               **{k: None if v is None else int(v) for k, v in ints.items()}}
-    if method == "moe_lora":
-        config["load_balance_coef"] = float(balance)
+    config["load_balance_coef"], config["routing"] = float(balance), routing
+    if own:
+        config["method_options"] = own
+    if "experts" in spec.takes:
         if allocation is None:
             config["experts"] = int(st.session_state.get(K + "experts", DEFAULTS.experts))
             config["top_k"] = int(st.session_state.get(K + "top_k", DEFAULTS.top_k))
     if allocation is not None:
         config["allocation"] = allocation
+    config = registry.config_for(method, config)          # only the options this method takes
     try:
         with st.spinner("Checking the model, the task data and the options…"):
             job = store.submit(config, name=name or None)
@@ -519,8 +560,9 @@ def run_detail(store: JobStore, jobs: list) -> None:
             every = cfg.get("eval_every")
             st.caption("Validation metrics appear after the first validation pass "
                        f"({'every ' + str(every) + ' steps and ' if every else ''}at the end).")
-    if cfg.get("method") == "moe_lora" and lines:
-        st.caption("MoE-LoRA's training loss includes the load-balancing term; the validation loss does not.")
+    if cfg.get("method") in registry.names() and registry.get(cfg["method"]).extra_loss is not None and lines:
+        st.caption(f"{registry.label(cfg['method'])}'s training loss includes its extra term (load balancing); "
+                   "the validation loss does not.")
     if result.get("status") == "done":
         left, right = st.columns([1, 2])
         left.markdown(f"**Metrics** (validation: the best pass, step {result.get('best_step')}; test: after training)")

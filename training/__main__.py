@@ -36,7 +36,10 @@ TRUST_HELP = ("run the model folder's own Python code (config.json auto_map); on
 def add_job_parsers(sub) -> None:
     """The job sub-commands: submit, list, show, cancel, logs."""
     p = sub.add_parser("submit", help="queue a fine-tune and start it when a slot is free")
-    p.add_argument("--method", required=True, choices=["lora", "moe_lora", "full"])
+    from training import registry
+
+    p.add_argument("--method", required=True, choices=registry.names(),
+                   help="; ".join(f"{m.name}: {m.summary}" for m in registry.all_methods()))
     for flag, dest, kind, text in SUBMIT_OPTIONS:
         p.add_argument(flag, dest=dest, type=kind, help=text)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -348,7 +348,7 @@ def check_run_models(run_dir: str | Path) -> None:
     base; one-line SpectrascopeError if not (an unreadable manifest is left to load_artifacts to report)."""
     from analysis.sources import open_source
     from training.model_check import check_folder, one_line
-    from training.trainer import ARTIFACT_DIRS
+    from training import registry
 
     run_dir = Path(run_dir)
     try:
@@ -357,10 +357,12 @@ def check_run_models(run_dir: str | Path) -> None:
     except (OSError, ValueError, KeyError, TypeError):
         return
     trust, method = config.get("trust_remote_code") is True, config.get("method")
-    artifacts = run_dir / "artifacts" / ARTIFACT_DIRS.get(method, "")
+    spec = registry.get(method) if method in registry.names() else None
+    artifacts = run_dir / "artifacts" / (spec.artifact_dir if spec else "")
+    whole = spec is not None and spec.weights == "model"
     try:
-        check_folder(artifacts if method == "full" and artifacts.is_dir() else folder, trust)
-        if method == "lora" and (artifacts / "adapter_config.json").is_file():
+        check_folder(artifacts if whole and artifacts.is_dir() else folder, trust)
+        if spec is not None and spec.weights == "adapter" and (artifacts / "adapter_config.json").is_file():
             open_source(folder, artifacts, trust_remote_code=trust)     # headers only: shapes against the base
     except SpectrascopeError as exc:
         raise SpectrascopeError(f"run {run_dir.name} cannot be evaluated: {one_line(exc)}") from None

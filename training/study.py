@@ -12,9 +12,10 @@ import pandas as pd
 
 from analysis.config import DEFAULT_MODEL, data_dir
 from analysis.types import SpectrascopeError
+from training import registry
 
 from training.study_plan import (  # noqa: F401 (re-exported: the study's arms and plan live there)
-    METHODS, STUDY_DEFAULTS, StudySpec, arm_configs, describe_allocation, matched_lora_rank, mola_preset,
+    ARMS, DEFAULT_ARMS, METHODS, STUDY_DEFAULTS, StudySpec, arm_configs, describe_allocation, matched_lora_rank, mola_preset,
     plan_study, study_allocations)
 
 GROUP = ["model", "task", "method", "allocation"]
@@ -85,7 +86,7 @@ def start_study(spec: StudySpec, store=None, base_eval: bool = True) -> dict:
     common = {**options, "model": spec.model, "task": spec.task}
     if spec.max_steps is not None:
         common["max_steps"] = spec.max_steps
-    prepare_config({**common, "method": "lora"})            # model, task and options are good, data readable
+    prepare_config(registry.config_for("lora", common))    # model, task and options are good, data readable
     scores = analyze(spec.model).layer_scores()
     allocations = study_allocations(spec, scores)
     from training.study_plan import _model_matrices
@@ -109,7 +110,8 @@ def start_study(spec: StudySpec, store=None, base_eval: bool = True) -> dict:
         _save(record)
     for seed in range(spec.seeds):                     # seed-major: every method has a result early
         for key in spec.methods:
-            job = store.submit({**common, **arms[key], "seed": seed}, name=f"study{sid}-{key.replace('_', '-')}-s{seed}")
+            config = registry.config_for(arms[key]["method"], {**common, **arms[key], "seed": seed})
+            job = store.submit(config, name=f"study{sid}-{key.replace('_', '-')}-s{seed}")
             record["jobs"].append({"job": job.id, "key": key, "seed": seed})
             _save(record)
     return record
@@ -156,15 +158,14 @@ def study_running(record: dict, store=None) -> bool:
 # ----------------------------------------------------------------------------------------------- tables
 
 def method_label(config: dict) -> str:
-    """The comparison-table name of a run's method, from its config."""
+    """The comparison-table name of a run's method, from its config: the arm of its allocation strategy when its
+    method has allocation arms ('MoE-LoRA AlphaLoRA'), else the method's label."""
     method = config.get("method")
-    if method == "moe_lora":
-        strategy = str((config.get("allocation") or {}).get("strategy", ""))
-        for key, (label, _, kind) in METHODS.items():
-            if kind and strategy.startswith(kind):
-                return label
-        return "MoE-LoRA"
-    return {"lora": "LoRA", "full": "Full fine-tune"}.get(method, str(method))
+    strategy = str((config.get("allocation") or {}).get("strategy", ""))
+    for arm in ARMS.values():
+        if arm.method == method and arm.allocation and strategy.startswith(arm.allocation):
+            return arm.label
+    return registry.label(method)
 
 
 def runs_frame(jobs: list, store=None) -> pd.DataFrame:
@@ -204,7 +205,8 @@ def targets_text(config: dict, result: dict) -> str:
     """What a run adapted, short: 'q, k, v, o, up, down' (module kinds in a block), 'all weights' for full."""
     from training.moe_lora.config import MODULE_KINDS
 
-    if config.get("method") == "full":
+    method = config.get("method")
+    if method in registry.names() and registry.get(method).weights == "model":
         return "all weights"
     kind_of = {local: kind for kind, names in MODULE_KINDS.items() for local in names}
     names = result.get("target_modules") or config.get("target_modules") or []
@@ -411,7 +413,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
     p.add_argument("--max-steps", type=int, help="optimizer steps per run (default: one epoch)")
     p.add_argument("--beta", type=float, default=2.5, help="AlphaLoRA β (default 2.5)")
-    p.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--methods", help=f"comma-separated arms (default {','.join(DEFAULT_ARMS)}); any of "
+                                     f"{','.join(METHODS)}")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="training option for every job, e.g. --set max_train_rows=200 (repeatable)")
     p.add_argument("--no-base", action="store_true", help="skip the base model's baseline evaluation")
@@ -433,7 +436,7 @@ def add_parser(sub) -> None:
 def run_study_cli(args) -> int:
     from training.__main__ import _parse_set
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else list(METHODS)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else list(DEFAULT_ARMS)
     spec = StudySpec(model=args.model, task=args.task, budget=args.budget, seeds=args.seeds,
                      max_steps=args.max_steps, beta=args.beta, methods=methods, options=_parse_set(args.set))
     record = start_study(spec, base_eval=not args.no_base)

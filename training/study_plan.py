@@ -7,16 +7,14 @@ from dataclasses import dataclass, field
 
 from analysis.config import DEFAULT_MODEL
 from analysis.types import SpectrascopeError
+from training import registry
 
-# key -> (label, trainer method, allocation strategy); the order of the comparison table
-METHODS = {
-    "lora": ("LoRA", "lora", None),
-    "lora_matched": ("LoRA (params-matched)", "lora", None),
-    "moe_uniform": ("MoE-LoRA uniform", "moe_lora", "uniform"),
-    "moe_mola": ("MoE-LoRA MoLA", "moe_lora", "mola"),
-    "moe_alphalora": ("MoE-LoRA AlphaLoRA", "moe_lora", "alphalora"),
-    "full": ("Full fine-tune", "full", None),
-}
+# Every arm the registered methods offer, key -> Arm (label, method, allocation strategy, reference arm), in the
+# order of the comparison table; METHODS is the same as key -> (label, method, allocation strategy).
+ARMS = registry.study_arms()
+METHODS = {key: (arm.label, arm.method, arm.allocation) for key, arm in ARMS.items()}
+# The arms of a study when none are named: the comparison measured in docs/study_default.md.
+DEFAULT_ARMS = ["lora", "lora_matched", "moe_uniform", "moe_mola", "moe_alphalora", "full"]
 MOLA_RAMP = (1, 2, 3, 4)                 # the shape of MoLA's "2468": experts grow linearly with depth
 # Every adapter arm adapts the same matrices: each Linear inside the blocks (BERT: q, k, v, attention output,
 # intermediate, output), so LoRA and MoE-LoRA differ in their method, not in what they touch.
@@ -25,10 +23,9 @@ ADAPTER_TARGETS = ["all-linear"]
 # steps): one epoch over a 2,000-row training subset (125 steps of 16), 500 validation rows, the whole test split.
 STUDY_DEFAULTS = {"max_steps": None, "max_train_rows": 2000, "max_eval_rows": 500, "max_test_rows": None,
                   "eval_every": 40}
-# Rough seconds per optimizer step and per run (loading, validation passes, test) of the default model on the
-# project's 2-core CPU, measured in the sweep; other models scale by their parameter count. plan_study prefers
-# the median of this machine's finished runs of the same model and method.
-STEP_SECONDS = {"lora": 0.45, "moe_lora": 0.6, "full": 0.6}
+# Rough seconds per run beyond its steps (loading, validation passes, test) of the default model on the project's
+# 2-core CPU; the seconds per step are each Method's step_seconds. Other models scale by their parameter count.
+# plan_study prefers the median of this machine's finished runs of the same model and method.
 RUN_OVERHEAD_SECONDS = 25.0
 DEFAULT_MODEL_PARAMS = 22.7e6
 
@@ -43,7 +40,7 @@ class StudySpec:
     seeds: int = 3
     max_steps: int | None = STUDY_DEFAULTS["max_steps"]
     beta: float = 2.5
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS))
     options: dict = field(default_factory=dict)   # other TrainConfig fields for every job (row limits, lr…);
     #                                               STUDY_DEFAULTS fill the row limits and eval_every not given
 
@@ -109,23 +106,10 @@ def study_allocations(spec: StudySpec, scores: list[float]) -> dict[str, dict]:
 
 
 def describe_allocation(config: dict) -> str:
-    """Short text for a run's allocation: 'rank 8', '6×5 = 30 experts', 'mola:3479 → 2-2-4-4-6-8 (26)'…"""
-    alloc = config.get("allocation") or {}
-    if config.get("method") == "full":
-        return "all weights"
-    if config.get("method") == "lora" and not alloc:
-        rank = config.get("rank", 8)
-        alpha = config.get("alpha")
-        return f"rank {rank}" + ("" if alpha is None or alpha == 2 * rank else f", α {alpha:g}")
-    experts = alloc.get("experts")
-    if not experts:
-        n = config.get("experts", 4)
-        return f"{n} experts per layer, top-{config.get('top_k', 2)}"
-    counts = "-".join(str(n) for n in experts)
-    strategy = str(alloc.get("strategy", "manual"))
-    if strategy == "alphalora":
-        strategy = f"alphalora β={alloc.get('params', {}).get('beta', 2.5):g}"
-    return f"{strategy}: {counts} ({sum(experts)})"
+    """Short text for a run's setting, from its method (Method.describe): 'rank 8', '4 experts per layer, top-2',
+    'alphalora β=2.5: 4-5-6-5-4-6 (30)', 'all weights'…"""
+    method = registry.get(config.get("method", "lora"))
+    return method.describe(config) if method.describe else method.label
 
 
 def matched_lora_rank(matrices: list, allocation: dict, rank: int = 8) -> tuple[int, int, int]:
@@ -150,13 +134,14 @@ def arm_configs(spec: StudySpec, files: dict[str, str], matrices: list) -> dict[
     """The job options of each arm (beyond the common ones): method, allocation file, targets, rank."""
     out = {}
     for key in spec.methods:
-        method = METHODS[key][1]
-        config: dict = {"method": method}
-        if method in ("lora", "moe_lora") and "target_modules" not in spec.options:
+        arm = ARMS[key]
+        takes = registry.get(arm.method).takes
+        config: dict = {"method": arm.method}
+        if "target_modules" in takes and "target_modules" not in spec.options:
             config["target_modules"] = list(ADAPTER_TARGETS)
         if key in files:
             config["allocation_file"] = files[key]
-        if key == "lora_matched":
+        if arm.matched:
             uniform = study_allocations(StudySpec(budget=spec.budget, methods=["moe_uniform"]),
                                         [1.0] * len({m.layer for m in matrices if m.layer is not None}))
             base_rank = spec.options.get("rank", 8)
@@ -198,11 +183,11 @@ def plan_study(spec: StudySpec, store=None) -> dict:
         scale = 1.0
     per_run = {}
     for key in spec.methods:
-        method = METHODS[key][1]
+        method = ARMS[key].method
         if len(history.get(method, [])) >= 2:
             per_step = median(sec / n for sec, n in history[method])
             per_run[key] = per_step * steps
         else:
-            per_run[key] = (STEP_SECONDS[method] * steps + RUN_OVERHEAD_SECONDS) * scale
+            per_run[key] = (registry.get(method).step_seconds * steps + RUN_OVERHEAD_SECONDS) * scale
     total = spec.seeds * sum(per_run.values()) + RUN_OVERHEAD_SECONDS * scale      # + the base evaluation
     return {"runs": spec.seeds * len(spec.methods), "seconds": total, "per_run_seconds": per_run, "steps": steps}

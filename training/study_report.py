@@ -10,16 +10,11 @@ import pandas as pd
 
 from analysis.config import DEFAULT_MODEL
 from analysis.types import SpectrascopeError
+from training import registry
 
-# arm key -> the arm it is compared with (paired, same test rows and seeds); None: the reference of the others
-REFERENCE = {
-    "lora": None,
-    "lora_matched": "lora",
-    "moe_uniform": "lora",
-    "moe_mola": "moe_uniform",
-    "moe_alphalora": "moe_uniform",
-    "full": "lora",
-}
+# arm key -> the arm it is compared with (paired, same test rows and seeds); None: the reference of the others.
+# Each method's arms say it (registry.Arm.reference).
+REFERENCE = {key: arm.reference for key, arm in registry.study_arms().items()}
 RESAMPLES = 10_000
 BASELINE_NAMES = {"probe": "linear_probe", "untrained-head": "untrained_head", "zero-shot": "zero_shot"}
 WAITING = "waiting: no seed has finished in both arms"

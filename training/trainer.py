@@ -17,26 +17,23 @@ from analysis.config import DEFAULT_MODEL
 from analysis.types import SpectrascopeError
 from training.scoring import LOWER_IS_BETTER, _better, encode, evaluate, primary_metric  # noqa: F401 (re-exported)
 
-METHODS = ("lora", "moe_lora", "full")
-# From the sweep in docs/sweep_default.md (MiniLM, rotten_tomatoes, 120 steps of 16): adapters learn at 1e-3 but
-# stay at chance at 3e-4 and collapse at 3e-3 in that budget; a full fine-tune is best at 1e-4 of {3e-5, 1e-4}.
-DEFAULT_LR = {"lora": 1e-3, "moe_lora": 1e-3, "full": 1e-4}
+from training import registry
+
 DEFAULT_HEAD_LR = 1e-3                   # the freshly initialised classification head (docs/sweep_default.md)
 HEAD_NAMES = ("classifier", "score")     # sequence-classification heads (BERT-style, LLaMA / GPT-2 style)
-ARTIFACT_DIRS = {"lora": "adapter", "moe_lora": "moe_lora", "full": "model"}
 
 
 @dataclass
 class TrainConfig:
     """Everything a run needs, as plain JSON values; defaults finish in a few minutes on CPU for MiniLM."""
 
-    method: str = "lora"                   # lora | moe_lora | full
+    method: str = "lora"                   # a registered method (training.registry.names())
     model: str | None = None               # None: the embedded all-MiniLM-L6-v2; a built-in name or a folder
     task: str = "rotten_tomatoes"          # a built-in task name or a task file
     seed: int = 0
     epochs: int = 1
     max_steps: int | None = None           # overrides epochs when set
-    lr: float | None = None                # None: DEFAULT_LR of the method (docs/sweep_default.md)
+    lr: float | None = None                # None: the method's default_lr (docs/sweep_default.md)
     head_lr: float | None = None           # classification head's learning rate; None: DEFAULT_HEAD_LR
     batch_size: int = 16
     max_length: int = 64
@@ -55,6 +52,8 @@ class TrainConfig:
     experts: int = 4                       # MoE-LoRA experts per layer without an allocation
     top_k: int = 2
     load_balance_coef: float = 0.001       # c · Σ_blocks L_l (MoLA); 0 = the published scripts (paper setting)
+    routing: str = "token"                 # MoE-LoRA: token (per token) | prompt (once per sequence, MiLoRA)
+    method_options: dict | None = None     # the method's own options (Method.options), e.g. AdaLoRA's target_r
     allocation: dict | None = None         # an allocation JSON (rank_pattern for LoRA, experts for MoE-LoRA)
     allocation_file: str | None = None     # read into `allocation` by prepare_config
     device: str = "auto"                   # auto | cpu | cuda
@@ -69,16 +68,32 @@ class TrainConfig:
         if not isinstance(values, dict):
             raise SpectrascopeError("a training config must be a JSON object")
         known = {f.name for f in fields(cls)}
+        method = registry.get(values.get("method", cls.method))
+        values = dict(values)
+        own = {f.name for f in fields(method.options)} if method.options else set()
+        for key in sorted((set(values) - known) & own):       # --set target_r=4: the method's own option
+            values["method_options"] = {**(values.get("method_options") or {}), key: values.pop(key)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise SpectrascopeError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
+            raise SpectrascopeError(f"unknown training option(s) {unknown} for method {method.name}; known: "
+                                    f"{sorted(known | own)}")
+        registry.check_fields(method, values, {f.name: f.default for f in fields(cls)})
         cfg = cls(**values)
         cfg.check()
         return cfg
 
+    @property
+    def method_spec(self) -> "registry.Method":
+        return registry.get(self.method)
+
+    @property
+    def options(self):
+        """The method's own options (its Method.options dataclass, defaults filled), or None."""
+        return self.method_spec.option_values(self.method_options)
+
     def check(self) -> None:
-        if self.method not in METHODS:
-            raise SpectrascopeError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
+        method = registry.get(self.method)
+        method.option_values(self.method_options)
         for name in ("epochs", "batch_size", "max_length", "rank", "experts", "top_k", "gpus", "cpu_processes"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -96,12 +111,14 @@ class TrainConfig:
                 raise SpectrascopeError(f"{name} must be a number in (0, 1), got {value!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise SpectrascopeError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        if self.routing not in ("token", "prompt"):
+            raise SpectrascopeError(f"routing must be token or prompt, got {self.routing!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise SpectrascopeError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
     @property
     def learning_rate(self) -> float:
-        return float(self.lr if self.lr is not None else DEFAULT_LR[self.method])
+        return float(self.lr if self.lr is not None else registry.get(self.method).default_lr)
 
     @property
     def head_learning_rate(self) -> float:
@@ -190,41 +207,12 @@ def build_model(cfg: TrainConfig, folder: Path, task, decoder: bool):
     return model, tokenizer
 
 
-def head_modules(model) -> list[str]:
-    """Names of the classification head of a sequence-classification model (trained by every method)."""
-    return [name for name in ("classifier", "score") if hasattr(model, name)]
-
-
-def attach_method(cfg: TrainConfig, model, decoder: bool):
-    """The model ready to train with the config's method (adapters injected or every weight trainable)."""
-    alpha = cfg.alpha if cfg.alpha is not None else 2.0 * cfg.rank
-    if cfg.method == "lora":
-        from training.lora import LoraOptions, apply_lora
-
-        from training.lora.model import resolve_targets
-
-        overrides = dict(r=cfg.rank, alpha=alpha, dropout=cfg.dropout,
-                         target_modules=resolve_targets(model, cfg.target_modules))
-        options = (LoraOptions.from_allocation(cfg.allocation, **overrides) if cfg.allocation
-                   else LoraOptions(**{k: v for k, v in overrides.items() if v is not None}))
-        return apply_lora(model, options, "CAUSAL_LM" if decoder else "SEQ_CLS")
-    if cfg.method == "moe_lora":
-        from training.moe_lora import MoELoraConfig, inject_moe_lora
-
-        options = dict(r=cfg.rank, lora_alpha=alpha, dropout=cfg.dropout, load_balance_coef=cfg.load_balance_coef,
-                       modules_to_save=[] if decoder else head_modules(model))
-        if cfg.target_modules:
-            options["target_modules"] = cfg.target_modules
-        if cfg.allocation:
-            moe = MoELoraConfig.from_allocation(cfg.allocation, **options)
-        else:
-            layers = int(model.config.num_hidden_layers)
-            moe = MoELoraConfig(experts_per_layer=[cfg.experts] * layers,
-                                top_k=[min(cfg.top_k, cfg.experts)] * layers, **options)
-        return inject_moe_lora(model, moe)
-    from training.full import prepare_full
-
-    return prepare_full(model)
+def attach_method(cfg: TrainConfig, model, decoder: bool, task=None, rows: dict | None = None, tokenizer=None,
+                  device=None):
+    """The model ready to train with the config's method (Method.attach: adapters injected, or every weight
+    trainable); task, rows and tokenizer are there for methods that calibrate on the training data."""
+    ctx = registry.AttachContext(decoder=decoder, task=task, rows=rows or {}, tokenizer=tokenizer, device=device)
+    return cfg.method_spec.attach(cfg, model, ctx)
 
 
 # ----------------------------------------------------------------------------------------------- the run
@@ -254,18 +242,8 @@ def prepare_config(config: dict) -> dict:
     task = load_task(cfg)
     if task.kind != "classification" and not decoder:
         raise SpectrascopeError(f"task {cfg.task!r} is a {task.kind} task: it needs a decoder (causal LM) model")
-    if cfg.method == "lora" and cfg.allocation:
-        from training.lora import LoraOptions
-
-        LoraOptions.from_allocation(cfg.allocation)
-    if cfg.method == "moe_lora" and cfg.allocation:
-        from training.moe_lora import MoELoraConfig
-
-        moe = MoELoraConfig.from_allocation(cfg.allocation)
-        layers = getattr(hf_config, "num_hidden_layers", None)
-        if layers is not None and len(moe.experts_per_layer) != layers:
-            raise SpectrascopeError(f"the allocation has {len(moe.experts_per_layer)} layers but the model has "
-                                    f"{layers}: make the allocation for this model")
+    if cfg.method_spec.check is not None:
+        cfg.method_spec.check(cfg, hf_config)
     return asdict(cfg)
 
 
@@ -350,8 +328,9 @@ def head_parameters(model) -> list:
 
 
 def adapted_modules(model, method: str) -> list[str]:
-    """The module names (local to a block, e.g. attention.self.query) a run adapted; ["all"] for full."""
-    if method == "full":
+    """The module names (local to a block, e.g. attention.self.query) a run adapted; ["all"] when every weight
+    trains (a method whose weights are a whole model)."""
+    if registry.get(method).weights == "model":
         return ["all"]
     from training.moe_lora.model import block_index
 
@@ -383,7 +362,7 @@ def _train(cfg: TrainConfig, run_dir: Path, progress, local_stop, ranks, device,
     if ranks.main:
         write_manifest(run_dir, cfg, folder, rows, decoder, ranks.world)
     model, tokenizer = build_model(cfg, folder, task, decoder)
-    model = attach_method(cfg, model, decoder).to(device)
+    model = attach_method(cfg, model, decoder, task, rows, tokenizer, device).to(device)
     use_fast_dropout(model)          # same dropout, cheaper CPU masks (training/dropout.py)
     step_model = distributed.wrap(model, ranks, device)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -396,9 +375,8 @@ def _train(cfg: TrainConfig, run_dir: Path, progress, local_stop, ranks, device,
     optimizer = make_optimizer(trainable, cfg, device, head_parameters(model))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(int(cfg.warmup_ratio * total), total))
     metric = primary_metric(task)
-    balance = None
-    if cfg.method == "moe_lora":
-        from training.moe_lora import load_balance_loss as balance
+    method = cfg.method_spec
+    balance, on_step = method.extra_loss, method.on_step
 
     def validate() -> dict:          # every rank scores the whole validation set: they decide alike
         return evaluate(model, task, rows["validation"], tokenizer, cfg, decoder, device,
@@ -431,6 +409,8 @@ def _train(cfg: TrainConfig, run_dir: Path, progress, local_stop, ranks, device,
             optimizer.step()
             scheduler.step()
             step += 1
+            if on_step is not None:
+                on_step(model, step, total)
             rows_here = float(len(batch["input_ids"]))
             last_losses = (last_losses + [distributed.mean(float(loss.detach()), rows_here, ranks, device)])[-20:]
             line = {"step": step, "total_steps": total, "epoch": epoch, "loss": last_losses[-1], "lr": lr,
@@ -462,6 +442,7 @@ def _train(cfg: TrainConfig, run_dir: Path, progress, local_stop, ranks, device,
         "trainable_params": n_trainable, "total_params": n_total, "device": str(device), "processes": ranks.world,
         "target_modules": adapted_modules(model, cfg.method), "lr": cfg.learning_rate,
         "head_lr": cfg.head_learning_rate if head_parameters(model) else None, "artifacts": str(run_dir / "artifacts"),
+        **(method.report(model) if method.report is not None else {}),
     }
     if not ranks.main:               # the other ranks' weights are identical: rank 0 saves and tests
         return {**result, "test": None, "seconds": time.time() - started}
@@ -473,17 +454,15 @@ def _train(cfg: TrainConfig, run_dir: Path, progress, local_stop, ranks, device,
     return {**result, "test": test, "seconds": time.time() - started}
 
 
-def save_artifacts(cfg: TrainConfig, model, tokenizer, folder: Path) -> Path:
-    """LoRA: peft adapter (+ head); MoE-LoRA: save_moe_lora (+ head); full: the whole model. All safetensors."""
-    target = folder / ARTIFACT_DIRS[cfg.method]
-    if cfg.method == "lora":
-        model.save_pretrained(target, safe_serialization=True)
-    elif cfg.method == "moe_lora":
-        from training.moe_lora import save_moe_lora
+def artifact_folder(run_dir: str | Path, method: str) -> Path:
+    """Where a run's weights live: <run>/artifacts/<Method.artifact_dir>."""
+    return Path(run_dir) / "artifacts" / registry.get(method).artifact_dir
 
-        save_moe_lora(model, target)
-    else:
-        model.save_pretrained(target, safe_serialization=True)
+
+def save_artifacts(cfg: TrainConfig, model, tokenizer, folder: Path) -> Path:
+    """The method's artifacts (Method.save: peft adapter + head, MoE-LoRA, a whole model…) and the tokenizer."""
+    target = folder / cfg.method_spec.artifact_dir
+    cfg.method_spec.save(cfg, model, target)
     tokenizer.save_pretrained(target)
     return target
 
@@ -502,21 +481,12 @@ def load_artifacts(run_dir: str | Path, device: str | torch.device | None = None
     rows = split_rows(task, cfg)
     if data_hash(rows) != manifest["data_hash"]:
         raise SpectrascopeError(f"the data of task {cfg.task!r} changed since run {run_dir.name}")
-    artifacts = run_dir / "artifacts" / ARTIFACT_DIRS[cfg.method]
+    artifacts = artifact_folder(run_dir, cfg.method)
     if not artifacts.is_dir():
         raise SpectrascopeError(f"{run_dir.name} has no artifacts (it did not finish)")
-    if cfg.method == "full":
-        model, tokenizer = build_model(cfg, artifacts, task, decoder)
-    else:
-        model, tokenizer = build_model(cfg, folder, task, decoder)
-        if cfg.method == "lora":
-            from training.lora import load_lora
-
-            model = load_lora(model, artifacts)
-        else:
-            from training.moe_lora import load_moe_lora
-
-            model = load_moe_lora(model, artifacts)
+    method = cfg.method_spec
+    model, tokenizer = build_model(cfg, artifacts if method.weights == "model" else folder, task, decoder)
+    model = method.load(cfg, model, artifacts)
     return model.to(device or pick_device(cfg.device)).eval(), tokenizer, cfg, task, rows, decoder
 
 

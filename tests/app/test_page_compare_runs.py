@@ -176,6 +176,6 @@ def test_the_form_says_how_many_runs_and_how_long(page, tmp_path):
     ok(at)
     at.number_input(key="study_seeds").set_value(2).run()
     text = " ".join(c.value for c in at.caption)
-    n = 2 * len(study.METHODS)
-    assert f"Queues {n} runs ({len(study.METHODS)} methods × 2 seeds)" in text and "about " in text
+    n = 2 * len(study.DEFAULT_ARMS)
+    assert f"Queues {n} runs ({len(study.DEFAULT_ARMS)} methods × 2 seeds)" in text and "about " in text
     assert study.list_studies() == []                                        # nothing queued by looking

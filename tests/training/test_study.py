@@ -13,7 +13,7 @@ import pytest
 
 from analysis.allocation import allocate, mola
 from analysis.types import SpectrascopeError
-from training import study, study_plan
+from training import registry, study, study_plan
 from training.study import (StudySpec, format_table, mola_preset, pareto_front, study_allocations, summarise_runs,
                             to_markdown)
 
@@ -124,7 +124,7 @@ def test_cli_study_on_the_default_model_finishes_and_prints_the_table(tmp_path):
     assert set(report) >= {"model", "task", "arms", "baselines"}
     arm_fields = {"name", "method", "allocation", "target_modules", "trainable_params", "seeds",
                   "test_accuracy_mean", "test_accuracy_ci95", "reference", "diff_vs_reference_ci95"}
-    assert [a["name"] for a in report["arms"]] == list(study.METHODS)
+    assert [a["name"] for a in report["arms"]] == study.DEFAULT_ARMS
     assert all(arm_fields <= set(a) and a["seeds"] == [0] and a["test_accuracy_ci95"] is None    # n = 1: no CI
                for a in report["arms"])
     arms = {a["name"]: a for a in report["arms"]}
@@ -140,7 +140,7 @@ def test_cli_study_on_the_default_model_finishes_and_prints_the_table(tmp_path):
     assert methods == ["LoRA", "LoRA (params-matched)", "MoE-LoRA uniform", "MoE-LoRA MoLA", "MoE-LoRA AlphaLoRA",
                        "Full fine-tune", "Base: linear probe", "Base: untrained head"]
     record = json.loads((tmp_path / "studies" / "1" / "study.json").read_text())
-    assert [j["key"] for j in record["jobs"]] == list(study.METHODS) and record["n_layers"] == 6
+    assert [j["key"] for j in record["jobs"]] == study.DEFAULT_ARMS and record["n_layers"] == 6
     for key in ("moe_uniform", "moe_mola", "moe_alphalora"):
         alloc = json.loads(Path(record["allocations"][key]).read_text())
         assert alloc["total"] == 30 and len(alloc["experts"]) == 6
@@ -172,9 +172,10 @@ def test_plan_counts_runs_and_prefers_this_machines_history(tmp_path, monkeypatc
     monkeypatch.setenv("SPECTRASCOPE_DATA", str(tmp_path))
     spec = StudySpec(seeds=3, max_steps=100)
     plan = study.plan_study(spec)
-    assert plan["runs"] == 3 * len(study.METHODS) == 18
+    assert plan["runs"] == 3 * len(study.DEFAULT_ARMS) == 18
     # no history: the measured constants, 100 steps each, plus the base evaluation
-    per_run = {k: study_plan.STEP_SECONDS[study.METHODS[k][1]] * 100 + study_plan.RUN_OVERHEAD_SECONDS for k in study.METHODS}
+    per_run = {k: registry.get(study.METHODS[k][1]).step_seconds * 100 + study_plan.RUN_OVERHEAD_SECONDS
+               for k in study.DEFAULT_ARMS}
     assert plan["per_run_seconds"] == pytest.approx(per_run, rel=0.02)
     assert plan["seconds"] == pytest.approx(3 * sum(per_run.values()) + study_plan.RUN_OVERHEAD_SECONDS, rel=0.02)
     store = JobStore()

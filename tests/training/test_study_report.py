@@ -109,7 +109,7 @@ def planted(tmp_path, monkeypatch):
 def test_reference_arms():
     assert study_report.REFERENCE == {"lora": None, "lora_matched": "lora", "moe_uniform": "lora",
                                       "full": "lora", "moe_mola": "moe_uniform", "moe_alphalora": "moe_uniform"}
-    assert set(study_report.REFERENCE) == set(study.METHODS)
+    assert set(study_report.REFERENCE) == set(study.METHODS) and set(study.DEFAULT_ARMS) <= set(study.METHODS)
 
 
 def test_paired_comparisons_against_the_reference_arm(planted):

@@ -23,6 +23,7 @@ MODULE_KINDS: dict[str, tuple[str, ...]] = {
     "up": ("intermediate.dense", "mlp.up_proj", "mlp.c_fc"),
     "down": ("output.dense", "mlp.down_proj", "mlp.c_proj"),
 }
+ROUTINGS = ("token",)     # "prompt" (one choice per sequence, MiLoRA-style) comes with training/milora
 ALL_LINEAR = "all-linear"  # every nn.Linear / GPT-2 Conv1D inside a numbered block (the default)
 
 
@@ -42,6 +43,7 @@ class MoELoraConfig:
     load_balance_coef: float = 0.001        # aux loss = coef * Σ over blocks of L_l (one term per block, MoLA);
     #                                         0 disables it, as the published MoLA / AlphaLoRA scripts ran
     modules_to_save: list[str] = field(default_factory=list)  # extra trainable, saved modules, e.g. ["classifier"]
+    routing: str = "token"                  # token: each token picks its experts; prompt: once per sequence (MiLoRA)
 
     def __post_init__(self) -> None:
         self.experts_per_layer = [int(n) for n in self.experts_per_layer]
@@ -78,6 +80,8 @@ class MoELoraConfig:
             raise SpectrascopeError(f"dropout = {self.dropout}: it must be in [0, 1).")
         if self.load_balance_coef < 0:
             raise SpectrascopeError(f"load_balance_coef = {self.load_balance_coef}: it must be 0 (off) or more.")
+        if self.routing not in ROUTINGS:
+            raise SpectrascopeError(f"routing {self.routing!r}: use one of {', '.join(ROUTINGS)}")
         if not self.target_modules:
             raise SpectrascopeError(f"target_modules is empty: name module kinds {sorted(MODULE_KINDS)}, "
                                     f"name suffixes, or '{ALL_LINEAR}'.")

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from analysis.config import DEFAULT_MODEL
-from analysis.runs_index import find_artifact, list_runs, seed_pairs
+from training.runs_index import find_artifact, list_runs, seed_pairs
 
 
 def make_run(root: Path, folder: str, method: str | None, status: str | None = "done", model=DEFAULT_MODEL,
@@ -89,7 +89,7 @@ def test_labels_show_the_allocation_and_no_rank_for_full_fine_tunes(tmp_path):
     assert "4 experts" not in label
     assert by_key["2-moe-plain"].label == "2-moe-plain (MoE-LoRA, r=8, 4 experts, rotten_tomatoes)"
     full_run = by_key["3-full"]
-    assert full_run.label == "3-full (full fine-tune, rotten_tomatoes, seed 0)"
+    assert full_run.label == "3-full (Full fine-tune, rotten_tomatoes, seed 0)"
     assert not {"rank", "alpha", "experts"} & set(full_run.settings) and full_run.settings["lr"] == 1e-5
     assert by_key["4-lora-alloc"].label == "4-lora-alloc (LoRA, alphalora ranks 4-8-12 (24), rotten_tomatoes)"
 

@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from analysis.config import data_dir
+from training import registry
 
 RUN_DIR = re.compile(r"^(\d+)-(.+)$")
-METHOD_LABELS = {"lora": "LoRA", "moe_lora": "MoE-LoRA", "full": "full fine-tune"}
+# Run folders without a manifest are recognised by their files: a peft adapter, MoE-LoRA's files, a model folder.
 LORA_MARKER = "adapter_config.json"
 MOE_MARKERS = ("moe_lora_config.json", "moe_lora.safetensors")
 FULL_MARKER = "config.json"
@@ -23,7 +24,7 @@ class RunArtifact:
     run_id: int | None
     name: str
     folder: Path                      # the run folder
-    method: str                       # lora | moe_lora | full
+    method: str                       # a registered method (training.registry)
     artifact: Path                    # adapter folder / MoE-LoRA folder / full model folder
     base: str | None                  # the base model (built-in name or folder); None: unknown, use the page's base
     task: str | None = None
@@ -40,12 +41,12 @@ class RunArtifact:
         """'<key> (method, rank, allocation or experts, task, seed)': a full fine-tune has no rank, a MoE-LoRA run
         with an allocation shows it ('alphalora 4-5-6-5-4-6 (30)') instead of the unused default expert count."""
         s = self.settings
-        bits = [METHOD_LABELS.get(self.method, self.method)]
-        if self.method in ("lora", "moe_lora") and s.get("rank"):
+        bits = [registry.label(self.method)]
+        if s.get("rank"):                             # only methods that take a rank have one in settings
             bits.append(f"r={s['rank']}")
         if s.get("allocation"):
             bits.append(str(s["allocation"]))
-        elif self.method == "moe_lora" and s.get("experts"):
+        elif s.get("experts"):
             bits.append(f"{s['experts']} experts")
         if self.task:
             bits.append(Path(str(self.task)).stem)
@@ -61,15 +62,20 @@ class RunArtifact:
                 tuple(sorted((k, str(v)) for k, v in self.settings.items() if k not in ("seed", "steps"))))
 
     def sources(self) -> tuple[str | None, str | None, str | None]:
-        """(base, fine-tuned model, adapter) as open_source arguments: LoRA → base + adapter; full → the folder.
-
-        MoE-LoRA has no ModelSource form (it is merged per expert by the page): (base, None, None).
-        """
-        if self.method == "lora":
+        """(base, fine-tuned model, adapter) as open_source arguments, by the method's weights: a peft adapter →
+        base + adapter; a whole model → the folder. MoE-LoRA ("moe") has no ModelSource form (it is merged per
+        expert by the page): (base, None, None)."""
+        weights = self.weights
+        if weights == "adapter":
             return self.base, self.base, str(self.artifact)
-        if self.method == "full":
+        if weights == "model":
             return self.base, str(self.artifact), None
         return self.base, None, None
+
+    @property
+    def weights(self) -> str:
+        """How the tuned weights are read (registry.Method.weights): adapter, model, moe, or merged."""
+        return registry.get(self.method).weights if self.method in registry.names() else "adapter"
 
 
 def _read_json(path: Path) -> dict:
@@ -85,14 +91,19 @@ def _has_weights(folder: Path) -> bool:
 
 
 def find_artifact(run_folder: Path) -> tuple[str, Path] | None:
-    """(method, folder) of the run's saved weights, recognised by their files (not by the job database).
-
-    Looks in artifacts/ and its sub-folders (adapter/, moe_lora/, model/ today): adapter_config.json → LoRA,
-    moe_lora_config.json + moe_lora.safetensors → MoE-LoRA, config.json + weights → full model.
+    """(method, folder) of the run's saved weights: the manifest's method and its artifact folder when both are
+    there, else recognised by their files (not by the job database) in artifacts/ and its sub-folders:
+    adapter_config.json → a peft adapter (LoRA), moe_lora_config.json + moe_lora.safetensors → MoE-LoRA,
+    config.json + weights → a full model.
     """
     root = run_folder / "artifacts"
     if not root.is_dir():
         return None
+    method = (_read_json(run_folder / "manifest.json").get("config") or {}).get("method")
+    if method in registry.names():
+        folder = root / registry.get(method).artifact_dir
+        if folder.is_dir() and (_has_weights(folder) or any(folder.iterdir())):
+            return method, folder
     candidates = [root] + sorted(p for p in root.iterdir() if p.is_dir())
     for folder in candidates:
         if all((folder / m).is_file() for m in MOE_MARKERS):
@@ -115,7 +126,7 @@ def _base_of(manifest: dict, method: str, artifact: Path) -> str | None:
         value = str(value)
         if Path(value).expanduser().is_dir() or resolve_builtin(value):
             return value
-    if method == "lora":
+    if (artifact / LORA_MARKER).is_file():
         base = _read_json(artifact / LORA_MARKER).get("base_model_name_or_path")
         if base and (Path(str(base)).expanduser().is_dir() or resolve_builtin(str(base))):
             return str(base)
@@ -127,11 +138,12 @@ def describe_allocation(alloc: dict, method: str) -> str | None:
     MoE-LoRA, 'alphalora ranks 4-8-8-4 (24)' for a LoRA rank allocation; None when it holds neither."""
     strategy = str(alloc.get("strategy") or "manual")
     experts, ranks = alloc.get("experts"), alloc.get("ranks")
-    if method == "moe_lora" and isinstance(experts, list) and experts:
+    kind = registry.get(method).allocation if method in registry.names() else None
+    if kind == "experts" and isinstance(experts, list) and experts:
         return f"{strategy} {'-'.join(str(n) for n in experts)} ({sum(int(n) for n in experts)})"
-    if method == "lora" and isinstance(ranks, list) and ranks:
+    if kind == "ranks" and isinstance(ranks, list) and ranks:
         return f"{strategy} ranks {'-'.join(str(n) for n in ranks)} ({sum(int(n) for n in ranks)})"
-    if method == "lora" and alloc.get("rank_pattern"):
+    if kind == "ranks" and alloc.get("rank_pattern"):
         return f"{strategy} rank pattern"
     return None
 
@@ -139,7 +151,8 @@ def describe_allocation(alloc: dict, method: str) -> str | None:
 def run_settings(method: str, config: dict, manifest: dict | None = None) -> dict:
     """The settings a run is labelled and grouped by: rank/alpha/experts only where the method uses them (a full
     fine-tune has no rank; an allocation replaces the default expert count), steps, lr, seed, allocation."""
-    keys = {"lora": ("rank", "alpha"), "moe_lora": ("rank", "alpha", "experts", "top_k")}.get(method, ())
+    takes = registry.get(method).takes if method in registry.names() else ()
+    keys = [k for k in ("rank", "alpha", "experts", "top_k") if k in takes]
     settings = {k: config[k] for k in (*keys, "max_steps", "epochs", "lr", "seed") if config.get(k) is not None}
     alloc = config.get("allocation") or (manifest or {}).get("allocation")
     text = describe_allocation(alloc, method) if isinstance(alloc, dict) else None
@@ -147,7 +160,7 @@ def run_settings(method: str, config: dict, manifest: dict | None = None) -> dic
         settings["allocation"] = text
         settings.pop("experts", None)
         settings.pop("top_k", None)
-        if method == "lora" and isinstance(alloc.get("ranks"), list):
+        if isinstance(alloc.get("ranks"), list):
             settings.pop("rank", None)                # the allocation gives the ranks layer by layer
     return settings
 
