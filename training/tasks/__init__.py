@@ -1,6 +1,6 @@
 """Task registry: tasks are YAML/JSON configs naming a data source, columns, labels, splits, prompt and metrics.
 
-A task config (see training/tasks/README.md for the full description and examples)::
+A task config (see README.md in this folder for the full description and examples)::
 
     name: my_reviews                      # default: the file name without extension
     description: My product reviews, 3 classes
@@ -37,7 +37,7 @@ from analysis.config import data_dir
 from analysis.types import SpectrascopeError
 from training.data import ASSETS_DIR, FORMATS, SPLITS, Records, assign_splits, package_folder, read_records
 
-BUILTIN_DIR = Path(__file__).resolve().parent / "tasks"
+BUILTIN_DIR = Path(__file__).resolve().parent          # the built-in task files sit beside this module
 KINDS = ("classification", "multiple_choice", "lm")
 METRICS = {"classification": ("accuracy", "macro_f1", "mcc"), "multiple_choice": ("accuracy",),
            "lm": ("loss", "perplexity")}
