@@ -215,13 +215,13 @@ def task_batches(args, n: int = 8) -> list[dict]:
     shuffled with the default seed, batch args.batch, at most args.seq tokens, padding trimmed per batch)."""
     from transformers import AutoTokenizer
 
-    from training import data, trainer
+    from training import data, scoring, trainer
 
     cfg = trainer.TrainConfig.from_dict({"method": "lora", "batch_size": args.batch, "max_length": args.seq})
     task = trainer.load_task(cfg)
     rows = trainer.split_rows(task, cfg)
     tokenizer = AutoTokenizer.from_pretrained(trainer.model_folder(cfg.model))
-    encoded = trainer.encode(task, rows["train"], tokenizer, cfg, False)
+    encoded = scoring.encode(task, rows["train"], tokenizer, cfg, False)
     return data.batches(encoded, cfg.batch_size, seed=cfg.seed)[:n]
 
 

@@ -189,7 +189,8 @@ def compute_base(cfg, task, rows: dict, split: str, decoder: bool) -> dict[str, 
     """The baseline numbers without storing them (deterministic: eval mode, fixed seeds, lbfgs)."""
     import torch
 
-    from training.trainer import build_model, evaluate, model_folder, pick_device
+    from training.scoring import evaluate
+    from training.trainer import build_model, model_folder, pick_device
 
     folder = model_folder(cfg.model)
     device = pick_device(cfg.device)
@@ -281,7 +282,7 @@ def mean_pooled(encoder, tokenizer, texts: list[str], max_length: int, batch_siz
 def record_result(job, store: EvalStore | None = None) -> bool:
     """Copy a finished job's result.json numbers (best validation pass, test) into the table; True if any.
 
-    They come from trainer.evaluate on the run's own rows, so they equal a re-evaluation of the artifacts;
+    They come from scoring.evaluate on the run's own rows, so they equal a re-evaluation of the artifacts;
     values already stored (e.g. by `evaluate --run`) are kept.
     """
     result = job.result() if job.status == "done" else None
@@ -370,7 +371,8 @@ def check_run_models(run_dir: str | Path) -> None:
 
 def compute_run(run_dir: str | Path, split: str, task: str | None = None) -> dict[str, float]:
     """A run's metrics on `split` of its own task (trainer.evaluate_artifacts) or of another task (decoders)."""
-    from training.trainer import evaluate, evaluate_artifacts, load_artifacts, split_rows
+    from training.scoring import evaluate
+    from training.trainer import evaluate_artifacts, load_artifacts, split_rows
     from training.trainer import load_task as checked_task
 
     if task is None:

@@ -15,7 +15,7 @@ import torch
 
 from analysis.config import DEFAULT_MODEL
 from analysis.types import SpectrascopeError
-from training.scoring import LOWER_IS_BETTER, _better, encode, evaluate, primary_metric  # noqa: F401 (re-exported)
+from training.scoring import _better, encode, evaluate, primary_metric
 
 from training import registry
 
