@@ -395,7 +395,7 @@ def runs_frame(jobs: list) -> pd.DataFrame:
     rows = []
     for job in reversed(jobs[-MAX_TABLE_ROWS:]):
         s = summarise(job, progress_lines(job), now)
-        rows.append({"id": job.id, "name": job.name, "method": METHOD_LABELS.get(job.config.get("method"), "?"),
+        rows.append({"id": job.id, "name": job.name, "method": registry.label(job.config.get("method")),
                      "task": job.config.get("task"), "status": job.status, "progress": 100 * s["progress"],
                      "step": f"{s['step']}/{s['total']}" if s["total"] else "",
                      "ETA": "" if s["eta"] is None else human_seconds(s["eta"]),
@@ -531,7 +531,7 @@ def run_detail(store: JobStore, jobs: list) -> None:
     m[5].metric("Trainable params", common.human_count(result.get("trainable_params")))
     alloc = (cfg.get("allocation") or {}).get("name") or (cfg.get("allocation") or {}).get("strategy")
     procs = int(result.get("processes") or job_processes(cfg))
-    st.caption(f"{METHOD_LABELS.get(cfg.get('method'), cfg.get('method'))} · model {cfg.get('model') or DEFAULT_MODEL}"
+    st.caption(f"{registry.label(cfg.get('method'))} · model {cfg.get('model') or DEFAULT_MODEL}"
                f" · task {cfg.get('task')} · rank {cfg.get('rank')} · seed {cfg.get('seed')}"
                + (f" · allocation {alloc}" if alloc else "")
                + (f" · {procs} data-parallel processes" if procs > 1 else "")

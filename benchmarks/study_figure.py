@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     table = study_table(args.study)
     spec = record["spec"]
     title = (f"{spec['model'] or 'all-MiniLM-L6-v2'} on {spec['task']}: {spec['seeds']} seeds, "
-             f"{spec['max_steps']} steps, budget {spec['budget'] or 5 * record['n_layers']} experts")
+             f"{str(spec['max_steps']) + ' steps' if spec['max_steps'] else 'one epoch'}, "
+             f"{record.get('options', {}).get('max_train_rows') or 'all'} training rows, budget {spec['budget'] or 5 * record['n_layers']} experts")
     draw(table, args.metric, title, args.png)
     print(f"wrote {args.png}")
     if args.md:

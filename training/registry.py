@@ -57,6 +57,7 @@ class Method:
     describe: Callable[[dict], str] | None = None  # (run config) -> short text of its setting ('rank 8')
     arms: tuple[Arm, ...] = ()               # the study arms it offers
     step_seconds: float = 0.5                # rough seconds per step of the default model on the 2-core CPU
+    #                                          (LoRA, MoE-LoRA, full: from the measured study, docs/study_default.md)
     needs_task_data: bool = False            # attach reads the training rows (a calibration pass)
 
     def option_values(self, given: dict | None) -> Any:

@@ -142,7 +142,7 @@ def test_runs_from_the_data_folder(app, pair):
     ok(at)
     assert not at.error, [e.value for e in at.error]
     label = next(m.label for m in at.metric if "7-full-planted" in m.label)
-    assert metric(at, label) == str(PLANTED) and "full fine-tune" in label
+    assert metric(at, label) == str(PLANTED) and "Full fine-tune" in label
     assert str(at.query_params["cs_runs"]).strip("[]'") == "7-full-planted"
 
 
@@ -160,7 +160,7 @@ def test_two_seeds_of_one_recipe_show_the_seed_to_seed_band(app, pair, tmp_path)
     ok(at)
     assert not at.error, [e.value for e in at.error]
     labels = [m.label for m in at.metric if "full-seed" in m.label]
-    assert len(labels) == 2 and all("r=" not in x and "full fine-tune" in x for x in labels)    # no rank
+    assert len(labels) == 2 and all("r=" not in x and "Full fine-tune" in x for x in labels)    # no rank
     data = figures(at)["cs_alpha"]["data"]
     seed = next(t for t in data if str(t["name"]).startswith("seed-to-seed shift"))
     assert "20-full-seed0" in seed["name"] and "21-full-seed1" in seed["name"]

@@ -60,7 +60,7 @@ METHOD = Method(
     default_lr=1e-3,      # docs/sweep_default.md: adapters learn at 1e-3, stay at chance at 3e-4, collapse at 3e-3
     artifact_dir="adapter", attach=attach, save=save_peft, load=load_peft,
     takes=(*ADAPTER_FIELDS, "allocation", "allocation_file"), allocation="ranks", check=check,
-    describe=describe_rank, step_seconds=0.45,
+    describe=describe_rank, step_seconds=0.3,
     arms=(Arm("lora", "LoRA", "lora"),
           Arm("lora_matched", "LoRA (params-matched)", "lora", reference="lora", matched=True)),
 )

@@ -76,7 +76,7 @@ METHOD = Method(
     takes=("rank", "alpha", "dropout", "target_modules", "experts", "top_k", "load_balance_coef", "routing",
            "allocation", "allocation_file"),
     allocation="experts", weights="moe", check=check, extra_loss=balance_loss, describe=describe,
-    step_seconds=0.6,
+    step_seconds=0.45,
     arms=(Arm("moe_uniform", "MoE-LoRA uniform", "moe_lora", allocation="uniform", reference="lora"),
           Arm("moe_mola", "MoE-LoRA MoLA", "moe_lora", allocation="mola", reference="moe_uniform"),
           Arm("moe_alphalora", "MoE-LoRA AlphaLoRA", "moe_lora", allocation="alphalora", reference="moe_uniform")),
