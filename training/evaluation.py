@@ -12,6 +12,7 @@ from pathlib import Path
 
 from analysis.config import DEFAULT_MODEL, data_dir
 from analysis.types import SpectrascopeError
+from training import run_layout
 
 SPLITS = ("validation", "test")
 PROBE, HEAD = "probe", "untrained-head"
@@ -280,7 +281,7 @@ def mean_pooled(encoder, tokenizer, texts: list[str], max_length: int, batch_siz
 # ----------------------------------------------------------------------------------------------- finished runs
 
 def record_result(job, store: EvalStore | None = None) -> bool:
-    """Copy a finished job's result.json numbers (best validation pass, test) into the table; True if any.
+    """Copy a finished job's result numbers (best validation pass, test) into the table; True if any.
 
     They come from scoring.evaluate on the run's own rows, so they equal a re-evaluation of the artifacts;
     values already stored (e.g. by `evaluate --run`) are kept.
@@ -290,8 +291,8 @@ def record_result(job, store: EvalStore | None = None) -> bool:
         return False
     store = store or EvalStore()
     task = _task_name(job.config.get("task"))
-    rows = (json.loads(job.path("manifest.json").read_text()).get("rows", {})
-            if job.path("manifest.json").is_file() else {})
+    manifest = job.path(run_layout.MANIFEST)
+    rows = json.loads(manifest.read_text()).get("rows", {}) if manifest.is_file() else {}
     found = False
     for split in SPLITS:
         metrics = result.get(split)
@@ -353,13 +354,13 @@ def check_run_models(run_dir: str | Path) -> None:
 
     run_dir = Path(run_dir)
     try:
-        manifest = json.loads((run_dir / "manifest.json").read_text())
+        manifest = json.loads(run_layout.manifest(run_dir).read_text())
         config, folder = manifest["config"], Path(manifest["model_folder"])
     except (OSError, ValueError, KeyError, TypeError):
         return
     trust, method = config.get("trust_remote_code") is True, config.get("method")
     spec = registry.get(method) if method in registry.names() else None
-    artifacts = run_dir / "artifacts" / (spec.artifact_dir if spec else "")
+    artifacts = run_layout.artifacts(run_dir) / (spec.artifact_dir if spec else "")
     whole = spec is not None and spec.weights == "model"
     try:
         check_folder(artifacts if whole and artifacts.is_dir() else folder, trust)

@@ -17,10 +17,10 @@ import psutil
 
 from analysis.config import data_dir
 from analysis.types import SpectrascopeError
+from training import run_layout
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 FINAL = ("done", "failed", "cancelled", "lost")
-CANCEL_FLAG = "cancel"          # file in the run folder the trainer polls
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 SCHEMA = """
@@ -67,23 +67,23 @@ class Job:
         return self.status in FINAL
 
     def path(self, name: str) -> Path:
-        """A file in the run folder (progress.jsonl, result.json, manifest.json, worker.log, artifacts…)."""
+        """A file in the run folder (a training.run_layout name: progress, result, manifest, log, artifacts…)."""
         return Path(self.run_dir or ".") / name
 
     def progress(self) -> list[dict]:
         """The progress lines the worker has written so far (oldest first)."""
-        return read_jsonl(self.path("progress.jsonl"))
+        return read_jsonl(self.path(run_layout.PROGRESS))
 
     def result(self) -> dict | None:
-        """The worker's final result.json, or None before it exists."""
+        """The worker's final result (run_layout.RESULT), or None before it exists."""
         try:
-            return json.loads(self.path("result.json").read_text())
+            return json.loads(self.path(run_layout.RESULT).read_text())
         except (OSError, ValueError):
             return None
 
     def log_tail(self, lines: int = 20) -> str:
         """The last `lines` lines of the worker log."""
-        return log_tail(self.path("worker.log"), lines)
+        return log_tail(self.path(run_layout.LOG), lines)
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -192,13 +192,14 @@ def check_machine(config: dict) -> None:
 
 
 class JobStore:
-    """The job table in `<data>/spectrascope.db` (WAL mode); run folders live in `<data>/runs/<id>-<name>/`."""
+    """The job table in `<data>/spectrascope.db` (WAL mode); run folders live in `<data>/runs/<id>-<name>/`
+    (training.run_layout)."""
 
     def __init__(self, data: str | Path | None = None):
         self.data = Path(data).resolve() if data else data_dir()
         self.data.mkdir(parents=True, exist_ok=True)
         self.db_path = self.data / "spectrascope.db"
-        self.runs_dir = self.data / "runs"
+        self.runs_dir = run_layout.runs_root(self.data)
         with self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.execute(SCHEMA)
@@ -249,7 +250,7 @@ class JobStore:
                 (name, json.dumps(clean), now),
             )
             job_id = cur.lastrowid
-            run_dir = self.runs_dir / f"{job_id}-{name}"
+            run_dir = run_layout.run_dir(self.runs_dir, job_id, name)
             con.execute("UPDATE jobs SET run_dir = ? WHERE id = ?", (str(run_dir), job_id))
             con.execute("COMMIT")
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -266,7 +267,7 @@ class JobStore:
             return self.get(job_id)
         job = self.get(job_id)             # it may have started meanwhile
         if job.status == "running":
-            job.path(CANCEL_FLAG).touch()
+            job.path(run_layout.CANCEL_FLAG).touch()
             if not _wait_gone(job, grace):
                 _signal_group(job.pid, signal.SIGTERM)
                 if not _wait_gone(job, max(2.0, grace / 2)):
@@ -336,7 +337,7 @@ class JobStore:
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
         now = time.time()
         try:
-            with open(run_dir / "worker.log", "ab") as log:
+            with open(run_layout.log(run_dir), "ab") as log:
                 popen = subprocess.Popen(worker_command(job.id, processes), stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, cwd=PROJECT_ROOT, env=env,
                                          start_new_session=True)

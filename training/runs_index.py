@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from analysis.config import data_dir
-from training import registry
+from training import registry, run_layout
 
-RUN_DIR = re.compile(r"^(\d+)-(.+)$")
+RUN_DIR = run_layout.RUN_DIR
 # Run folders without a manifest are recognised by their files: a peft adapter, MoE-LoRA's files, a model folder.
 LORA_MARKER = "adapter_config.json"
 MOE_MARKERS = ("moe_lora_config.json", "moe_lora.safetensors")
@@ -96,12 +95,12 @@ def find_artifact(run_folder: Path) -> tuple[str, Path] | None:
     adapter_config.json → a peft adapter (LoRA), moe_lora_config.json + moe_lora.safetensors → MoE-LoRA,
     config.json + weights → a full model.
     """
-    root = run_folder / "artifacts"
+    root = run_layout.artifacts(run_folder)
     if not root.is_dir():
         return None
-    method = (_read_json(run_folder / "manifest.json").get("config") or {}).get("method")
+    method = (_read_json(run_layout.manifest(run_folder)).get("config") or {}).get("method")
     if method in registry.names():
-        folder = root / registry.get(method).artifact_dir
+        folder = run_layout.artifact_folder(run_folder, method)
         if folder.is_dir() and (_has_weights(folder) or any(folder.iterdir())):
             return method, folder
     candidates = [root] + sorted(p for p in root.iterdir() if p.is_dir())
@@ -184,7 +183,7 @@ def seed_pairs(runs: list[RunArtifact]) -> list[tuple[RunArtifact, RunArtifact]]
 def list_runs(root: str | Path | None = None) -> list[RunArtifact]:
     """Finished runs (result.json status "done", or weights saved when there is no result.json) under
     root (default data_dir()/runs), by run id; runs without recognisable weights are left out."""
-    root = Path(root) if root is not None else data_dir() / "runs"
+    root = Path(root) if root is not None else run_layout.runs_root(data_dir())
     if not root.is_dir():
         return []
     out = []
@@ -192,14 +191,14 @@ def list_runs(root: str | Path | None = None) -> list[RunArtifact]:
         m = RUN_DIR.match(folder.name)
         if not m or not folder.is_dir():
             continue
-        result = _read_json(folder / "result.json")
+        result = _read_json(run_layout.result(folder))
         if result and result.get("status") not in (None, "done"):
             continue                                  # failed / cancelled / lost runs have nothing to compare
         found = find_artifact(folder)
         if found is None:
             continue
         method, artifact = found
-        manifest = _read_json(folder / "manifest.json")
+        manifest = _read_json(run_layout.manifest(folder))
         config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
         settings = run_settings(method, config, manifest)
         if result.get("steps") is not None:

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from analysis.config import DEFAULT_MODEL
 from analysis.types import SpectrascopeError
-from training import registry
+from training import registry, run_layout
 
 # arm key -> the arm it is compared with (paired, same test rows and seeds); None: the reference of the others.
 # Each method's arms say it (registry.Arm.reference).
@@ -83,7 +82,7 @@ def read_test_predictions(job) -> tuple[list[int], list[int]] | None:
     if job.status != "done" or not job.run_dir:
         return None
     try:
-        test = json.loads((Path(job.run_dir) / "predictions.json").read_text())["test"]
+        test = json.loads(run_layout.predictions(job.run_dir).read_text())["test"]
         y_true, y_pred = [int(v) for v in test["y_true"]], [int(v) for v in test["y_pred"]]
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -17,7 +17,7 @@ from analysis.config import DEFAULT_MODEL
 from analysis.types import SpectrascopeError
 from training.scoring import _better, encode, evaluate, primary_metric
 
-from training import registry
+from training import registry, run_layout
 
 DEFAULT_HEAD_LR = 1e-3                   # the freshly initialised classification head (docs/sweep_default.md)
 HEAD_NAMES = ("classifier", "score")     # sequence-classification heads (BERT-style, LLaMA / GPT-2 style)
@@ -267,7 +267,7 @@ def write_manifest(run_dir: Path, cfg: TrainConfig, folder: Path, rows: dict, de
                      **{name: version(name) for name in ("torch", "transformers", "peft", "accelerate")}},
         "created": time.time(),
     }
-    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    run_layout.manifest(run_dir).write_text(json.dumps(manifest, indent=2, default=str))
     return manifest
 
 
@@ -441,22 +441,23 @@ def _train(cfg: TrainConfig, run_dir: Path, progress, local_stop, ranks, device,
         "train_loss": sum(last_losses) / max(len(last_losses), 1), "validation": best,
         "trainable_params": n_trainable, "total_params": n_total, "device": str(device), "processes": ranks.world,
         "target_modules": adapted_modules(model, cfg.method), "lr": cfg.learning_rate,
-        "head_lr": cfg.head_learning_rate if head_parameters(model) else None, "artifacts": str(run_dir / "artifacts"),
+        "head_lr": cfg.head_learning_rate if head_parameters(model) else None,
+        "artifacts": str(run_layout.artifacts(run_dir)),
         **(method.report(model) if method.report is not None else {}),
     }
     if not ranks.main:               # the other ranks' weights are identical: rank 0 saves and tests
         return {**result, "test": None, "seconds": time.time() - started}
-    save_artifacts(cfg, model, tokenizer, run_dir / "artifacts")
+    save_artifacts(cfg, model, tokenizer, run_layout.artifacts(run_dir))
     predicted: dict = {}
     test = evaluate(model, task, rows["test"], tokenizer, cfg, decoder, device, predictions=predicted)
     if predicted:                    # per-row test predictions: paired comparisons between runs (study_report)
-        (run_dir / "predictions.json").write_text(json.dumps({"test": predicted}))
+        run_layout.predictions(run_dir).write_text(json.dumps({"test": predicted}))
     return {**result, "test": test, "seconds": time.time() - started}
 
 
 def artifact_folder(run_dir: str | Path, method: str) -> Path:
-    """Where a run's weights live: <run>/artifacts/<Method.artifact_dir>."""
-    return Path(run_dir) / "artifacts" / registry.get(method).artifact_dir
+    """Where a run's weights live: <run>/artifacts/<Method.artifact_dir> (training.run_layout)."""
+    return run_layout.artifact_folder(run_dir, method)
 
 
 def save_artifacts(cfg: TrainConfig, model, tokenizer, folder: Path) -> Path:
@@ -471,7 +472,7 @@ def load_artifacts(run_dir: str | Path, device: str | torch.device | None = None
     """(model, tokenizer, config, task, rows, decoder) of a finished run, its artifacts loaded onto the base."""
     run_dir = Path(run_dir)
     try:
-        manifest = json.loads((run_dir / "manifest.json").read_text())
+        manifest = json.loads(run_layout.manifest(run_dir).read_text())
     except (OSError, ValueError):
         raise SpectrascopeError(f"{run_dir} has no readable manifest.json: is it a finished run folder?") from None
     cfg = TrainConfig.from_dict(manifest["config"])

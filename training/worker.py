@@ -12,7 +12,8 @@ import traceback
 from pathlib import Path
 
 from analysis.types import SpectrascopeError
-from training.jobs import CANCEL_FLAG, JobStore
+from training import run_layout
+from training.jobs import JobStore
 
 HEARTBEAT_S = 2.0
 
@@ -22,7 +23,7 @@ class Heartbeat(threading.Thread):
 
     def __init__(self, store: JobStore, job_id: int, run_dir: Path):
         super().__init__(daemon=True)
-        self.store, self.job_id, self.file = store, job_id, run_dir / "heartbeat"
+        self.store, self.job_id, self.file = store, job_id, run_layout.heartbeat(run_dir)
         self.done = threading.Event()
 
     def beat(self) -> None:
@@ -57,7 +58,8 @@ def run_rank(store: JobStore, job_id: int) -> str:
     run_dir = Path(job.run_dir)
     terminated = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: terminated.set())
-    result = train(job.config, run_dir, should_stop=lambda: terminated.is_set() or (run_dir / CANCEL_FLAG).exists())
+    cancel_flag = run_layout.cancel_flag(run_dir)
+    result = train(job.config, run_dir, should_stop=lambda: terminated.is_set() or cancel_flag.exists())
     return str(result.get("status"))
 
 
@@ -74,12 +76,12 @@ def run_job(store: JobStore, job_id: int) -> str:
         return job.status
     terminated = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: terminated.set())
-    cancel_flag = run_dir / CANCEL_FLAG
+    cancel_flag = run_layout.cancel_flag(run_dir)
 
     def should_stop() -> bool:
         return terminated.is_set() or cancel_flag.exists()
 
-    progress_file = open(run_dir / "progress.jsonl", "a", encoding="utf-8")
+    progress_file = open(run_layout.progress(run_dir), "a", encoding="utf-8")
 
     def progress(line: dict) -> None:
         line = {**line, "time": time.time()}
@@ -103,7 +105,7 @@ def run_job(store: JobStore, job_id: int) -> str:
         heartbeat.done.set()
         progress_file.close()
     result = {"job": job_id, "name": job.name, **result, "status": status}
-    (run_dir / "result.json").write_text(json.dumps(result, indent=2, default=str))
+    run_layout.result(run_dir).write_text(json.dumps(result, indent=2, default=str))
     store.finish(job_id, status, error)
     print(f"job {job_id} {status}" + (f": {error}" if error and status == "failed" else ""), flush=True)
     return status
