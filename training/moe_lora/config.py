@@ -23,7 +23,9 @@ MODULE_KINDS: dict[str, tuple[str, ...]] = {
     "up": ("intermediate.dense", "mlp.up_proj", "mlp.c_fc"),
     "down": ("output.dense", "mlp.down_proj", "mlp.c_proj"),
 }
-ROUTINGS = ("token",)     # "prompt" (one choice per sequence, MiLoRA-style) comes with training/milora
+# token: every token picks its experts; prompt: one choice per sequence from the mean-pooled prompt, reused for the
+# tokens generated after it (MiLoRA-style; layer.MoELoraLinear.route_prompt says when the cached choice resets).
+ROUTINGS = ("token", "prompt")
 ALL_LINEAR = "all-linear"  # every nn.Linear / GPT-2 Conv1D inside a numbered block (the default)
 
 

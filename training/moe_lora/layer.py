@@ -10,6 +10,8 @@ from transformers.pytorch_utils import Conv1D
 
 from training.dropout import FastDropout
 
+from .prompt import check_cached, per_token, pool, prompt_mask, sequence_shape
+
 
 class MaskState:
     """The padding mask the routers should see, shared by the MoE layers of one model.
@@ -17,12 +19,18 @@ class MaskState:
     `auto` is set from the model call's `attention_mask` by a forward pre-hook (see model.py) and cleared
     after the call; `pinned` is set by the `routing_mask(model, mask)` context manager and wins over `auto`.
     `tokens` derives the per-token mask once per call and shape: every layer of a forward shares it.
+    Prompt routing (prompt.py) also reads `fresh` (the call has no KV cache yet: it starts new sequences; True
+    outside a model call) and `labels` (a causal-LM call's labels: answer tokens are left out of the pool), and
+    `prompt`, the (B, S) pooling mask, derived once per call and shape as well.
     """
 
     def __init__(self) -> None:
         self._auto: torch.Tensor | None = None
         self._pinned: torch.Tensor | None = None
+        self._labels: torch.Tensor | None = None
         self._tokens: dict[tuple, TokenMask | None] = {}
+        self._prompt: dict[tuple, torch.Tensor | None] = {}
+        self.fresh = True
 
     @property
     def auto(self) -> torch.Tensor | None:
@@ -30,7 +38,7 @@ class MaskState:
 
     @auto.setter
     def auto(self, mask: torch.Tensor | None) -> None:
-        self._auto, self._tokens = mask, {}
+        self._auto, self._tokens, self._prompt = mask, {}, {}
 
     @property
     def pinned(self) -> torch.Tensor | None:
@@ -38,7 +46,15 @@ class MaskState:
 
     @pinned.setter
     def pinned(self, mask: torch.Tensor | None) -> None:
-        self._pinned, self._tokens = mask, {}
+        self._pinned, self._tokens, self._prompt = mask, {}, {}
+
+    @property
+    def labels(self) -> torch.Tensor | None:
+        return self._labels
+
+    @labels.setter
+    def labels(self, labels: torch.Tensor | None) -> None:
+        self._labels, self._prompt = labels, {}
 
     def current(self) -> torch.Tensor | None:
         return self._pinned if self._pinned is not None else self._auto
@@ -50,6 +66,13 @@ class MaskState:
             valid = token_mask(self.current(), lead_shape)
             self._tokens[key] = None if valid is None else TokenMask(valid)
         return self._tokens[key]
+
+    def prompt(self, lead_shape: torch.Size) -> torch.Tensor | None:
+        """The (B, S) bool mask a prompt router pools over (prompt.prompt_mask), or None for every token."""
+        key = tuple(lead_shape)
+        if key not in self._prompt:
+            self._prompt[key] = prompt_mask(token_mask(self.current(), lead_shape), self._labels, lead_shape)
+        return self._prompt[key]
 
 
 class TokenMask:
@@ -103,18 +126,22 @@ class MoELoraLinear(nn.Module):
 
     router: Linear(d_in -> N, no bias) on the clean x; p = softmax in float32; the top-k probabilities are
     renormalised to sum to 1 (p_hat), the others are 0. With N = 1 this is plain LoRA: no router, gate = 1.
+    routing="prompt": the router reads the mean-pooled prompt instead of each token and its gate holds for every
+    token of the sequence, also the generated ones (route_prompt; prompt.py says when the choice resets).
     Parameters: lora_A (N, r, d_in), lora_B (N, d_out, r) -- all experts in one tensor each.
     """
 
     def __init__(self, base: nn.Module, n_experts: int, top_k: int, r: int = 8, lora_alpha: float = 16.0,
-                 dropout: float = 0.05, track_balance: bool = True):
+                 dropout: float = 0.05, track_balance: bool = True, routing: str = "token"):
         super().__init__()
         d_in, d_out = base_shape(base)
         if n_experts < 1 or not 1 <= top_k <= n_experts:
             raise ValueError(f"need n_experts >= 1 and 1 <= top_k <= n_experts, got {n_experts}, {top_k}")
         self.base_layer = base
         self.d_in, self.d_out = d_in, d_out
-        self.n_experts, self.top_k, self.r = n_experts, top_k, r
+        if routing not in ("token", "prompt"):
+            raise ValueError(f"routing must be token or prompt, got {routing!r}")
+        self.n_experts, self.top_k, self.r, self.routing = n_experts, top_k, r, routing
         self.scaling = lora_alpha / r
         self.dropout = FastDropout(dropout) if dropout > 0 else nn.Identity()
         device = base.weight.device
@@ -132,6 +159,7 @@ class MoELoraLinear(nn.Module):
         self.collect_gates = False              # routing_weighted_delta: accumulate the mean gate
         self.gate_sum: torch.Tensor | None = None
         self.gate_count = 0
+        self.prompt_gate: torch.Tensor | None = None   # routing="prompt": (B, N) gate of the current sequences
 
     # -- routing -----------------------------------------------------------------------------------------
 
@@ -145,6 +173,21 @@ class MoELoraLinear(nn.Module):
         chosen = torch.zeros_like(probs).scatter_(1, top_i, 1.0)               # (T, N)
         kept = probs * chosen
         return probs, chosen, kept / kept.sum(dim=-1, keepdim=True)            # rows of the gate sum to 1
+
+    def route_prompt(self, x: torch.Tensor, lead: torch.Size
+                     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+        """Prompt routing: (probs, chosen, gate), one (B, N) row per sequence of x (leading shape (B, S)).
+
+        A call that starts sequences (mask_state.fresh) routes the mean of x over the prompt's real tokens and
+        caches the gate; a call that continues them (KV cache) returns the cached gate with probs = chosen = None.
+        """
+        B, S = sequence_shape(lead)
+        if self.mask_state.fresh:
+            pooled = pool(x.reshape(B, S, self.d_in), self.mask_state.prompt(lead))   # (B, d_in)
+            probs, chosen, gate = self.route(pooled)
+            self.prompt_gate = gate.detach()
+            return probs, chosen, gate
+        return None, None, check_cached(self.prompt_gate, B, "MoE-LoRA prompt routing")
 
     def switch_loss(self, probs: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
         """Switch-style balance loss L = N * sum_e f_e * P_e over the rows given (f has no gradient).
@@ -187,10 +230,15 @@ class MoELoraLinear(nn.Module):
             z = F.linear(self.dropout(xa), self.lora_A[0]) * self.scaling      # (T', r)
             delta = add_matmul(target, z, self.lora_B[0])
         else:
-            probs, chosen, gate = self.route(xr)
-            if self.track_balance:
-                self.balance_loss = self.switch_loss(probs, chosen)
-                self.route_stats = self.stats(probs, chosen)
+            if self.routing == "prompt":                                       # one gate per sequence
+                probs, chosen, gate = self.route_prompt(x, lead)
+                gate = per_token(gate, lead, rows)                             # (T', N)
+            else:
+                probs, chosen, gate = self.route(xr)
+            if self.track_balance:                                             # prompt: over sequences
+                routed = probs is not None
+                self.balance_loss = self.switch_loss(probs, chosen) if routed else None
+                self.route_stats = self.stats(probs, chosen) if routed else None
             if self.collect_gates:
                 self._accumulate(gate)
             gate = (gate * self.scaling).to(xa.dtype)
@@ -239,4 +287,4 @@ class MoELoraLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"d_in={self.d_in}, d_out={self.d_out}, experts={self.n_experts}, top_k={self.top_k}, "
-                f"r={self.r}, scaling={self.scaling:g}")
+                f"r={self.r}, scaling={self.scaling:g}" + (", routing=prompt" if self.routing == "prompt" else ""))

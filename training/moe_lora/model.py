@@ -17,6 +17,7 @@ from analysis.types import SpectrascopeError
 
 from .config import ALL_LINEAR, MODULE_KINDS, MoELoraConfig
 from .layer import MaskState, MoELoraLinear, base_weight
+from .prompt import cache_is_empty
 
 # Block index in a module name: BERT "encoder.layer.N.", GPT-2 "h.N.", LLaMA "layers.N.", others "blocks.N.".
 LAYER_PATTERN = re.compile(r"(?:^|\.)(?:layer|layers|h|blocks)\.(\d+)\.")
@@ -112,7 +113,8 @@ def inject_moe_lora(model: nn.Module, config: MoELoraConfig) -> nn.Module:
         if n == 0:
             continue
         base = model.get_submodule(name)
-        wrapped = MoELoraLinear(base, n, k, config.r, config.lora_alpha, config.dropout, track_balance=track)
+        wrapped = MoELoraLinear(base, n, k, config.r, config.lora_alpha, config.dropout, track_balance=track,
+                                routing=config.routing)
         wrapped.train(base.training)                 # an eval-mode model stays in eval mode (no dropout)
         wrapped.mask_state = state
         wrapped.block = layer
@@ -125,22 +127,39 @@ def inject_moe_lora(model: nn.Module, config: MoELoraConfig) -> nn.Module:
     return model
 
 
-def _register_mask_hooks(model: nn.Module) -> list:
-    """Pre-hook: take the call's attention_mask into the mask state; post-hook: clear it (no stale masks).
+def _register_mask_hooks(model: nn.Module, attr: str = "_moe_lora_mask_state") -> list:
+    """Pre-hook: take the call's attention_mask into the mask state `model.<attr>`, and for prompt routing whether
+    the call starts sequences (no KV cache, or an empty one: prompt.cache_is_empty) and a causal LM's labels;
+    post-hook: clear them (no stale masks; outside a call every call is a new sequence).
 
     The hooks reach the state through the module they run on, so a deepcopy of the model keeps working.
     """
     params = list(inspect.signature(model.forward).parameters)
-    pos = params.index("attention_mask") if "attention_mask" in params else None
+    pos = {n: params.index(n) if n in params else None
+           for n in ("attention_mask", "labels", "cache", "past_key_values")}
+    try:
+        causal = bool(model.can_generate())          # labels (B, S) mark the answer only in a causal LM
+    except (AttributeError, TypeError):
+        causal = False
+
+    def arg(name, args, kwargs):
+        if name in kwargs:
+            return kwargs[name]
+        i = pos[name]
+        return args[i] if i is not None and len(args) > i else None
 
     def before(module, args, kwargs):
-        mask = kwargs.get("attention_mask")
-        if mask is None and pos is not None and len(args) > pos:
-            mask = args[pos]
-        module._moe_lora_mask_state.auto = mask if isinstance(mask, torch.Tensor) else None
+        state = getattr(module, attr)
+        mask = arg("attention_mask", args, kwargs)
+        state.auto = mask if isinstance(mask, torch.Tensor) else None
+        labels = arg("labels", args, kwargs) if causal else None
+        state.labels = labels if isinstance(labels, torch.Tensor) else None
+        cache = arg("cache", args, kwargs)
+        state.fresh = cache_is_empty(cache if cache is not None else arg("past_key_values", args, kwargs))
 
     def after(module, _args, _kwargs, _output):
-        module._moe_lora_mask_state.auto = None
+        state = getattr(module, attr)
+        state.auto, state.labels, state.fresh = None, None, True
 
     return [model.register_forward_pre_hook(before, with_kwargs=True),
             model.register_forward_hook(after, with_kwargs=True)]
