@@ -1,222 +1,32 @@
-"""CLI `python -m training {submit,list,show,cancel,logs}`: background fine-tunes from the shell."""
+"""CLI `python -m training {submit,list,show,cancel,logs,evaluate,study,study-show,study-list}`: parser and main()."""
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import sys
-import time
 
 from analysis.types import SpectrascopeError
 
-# Options of `submit` that map one-to-one onto TrainConfig fields: (flag, field, type, help).
-SUBMIT_OPTIONS = [
-    ("--model", "model", str, "model folder or built-in name (default: the embedded all-MiniLM-L6-v2)"),
-    ("--task", "task", str, "built-in task name or task file (default: rotten_tomatoes)"),
-    ("--allocation", "allocation_file", str, "allocation JSON (rank_pattern for lora, experts for moe_lora)"),
-    ("--rank", "rank", int, "LoRA / expert rank (default 8)"),
-    ("--epochs", "epochs", int, "epochs over the training rows (default 1)"),
-    ("--max-steps", "max_steps", int, "stop after this many optimizer steps (overrides --epochs)"),
-    ("--lr", "lr", float, "learning rate (default 1e-3 for adapters, 1e-4 for full: docs/sweep_default.md)"),
-    ("--seed", "seed", int, "random seed (default 0)"),
-    ("--batch-size", "batch_size", int, "batch size (default 16)"),
-    ("--max-length", "max_length", int, "tokens per example (default 64)"),
-    ("--max-train-rows", "max_train_rows", int, "use at most this many training rows (default 1000)"),
-    ("--max-eval-rows", "max_eval_rows", int, "validation rows (default 300)"),
-    ("--max-test-rows", "max_test_rows", int, "test rows (default 1000)"),
-    ("--eval-every", "eval_every", int, "steps between validation passes (default 50, 0: only at the end)"),
-    ("--gpus", "gpus", int, "GPUs for this job; more than one runs data-parallel processes under torchrun"),
-    ("--cpu-processes", "cpu_processes", int, "data-parallel processes on a machine without GPUs (default 1)"),
-]
-
-
-TRUST_HELP = ("run the model folder's own Python code (config.json auto_map); only for code you trust; "
-              "recorded in the run manifest")
-
-
-def add_job_parsers(sub) -> None:
-    """The job sub-commands: submit, list, show, cancel, logs."""
-    p = sub.add_parser("submit", help="queue a fine-tune and start it when a slot is free")
-    from training import registry
-
-    p.add_argument("--method", required=True, choices=registry.names(),
-                   help="; ".join(f"{m.name}: {m.summary}" for m in registry.all_methods()))
-    for flag, dest, kind, text in SUBMIT_OPTIONS:
-        p.add_argument(flag, dest=dest, type=kind, help=text)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other training option (value parsed as JSON when it can be), repeatable")
-    p.add_argument("--name", help="run name: letters, digits, '_', '.', '-' (default: <method>-<task>)")
-    p.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)
-    p.add_argument("--wait", action="store_true", help="block until the job ends; print its result as JSON")
-    p.set_defaults(run=run_submit)
-
-    p = sub.add_parser("list", help="jobs, oldest first")
-    p.add_argument("--json", action="store_true", help="one JSON array instead of a table")
-    p.set_defaults(run=run_list)
-
-    p = sub.add_parser("show", help="one job: row, last progress and result")
-    p.add_argument("id", type=int)
-    p.set_defaults(run=run_show)
-
-    p = sub.add_parser("cancel", help="cancel a queued or running job")
-    p.add_argument("id", type=int)
-    p.add_argument("--grace", type=float, default=10.0, help="seconds before SIGTERM, then SIGKILL (default 10)")
-    p.set_defaults(run=run_cancel)
-
-    p = sub.add_parser("logs", help="the worker log of a job")
-    p.add_argument("id", type=int)
-    p.add_argument("--lines", type=int, default=50)
-    p.set_defaults(run=run_logs)
-
-
-def _add_evaluation_parsers(sub) -> None:
-    from training import evaluation, study
-
-    evaluation.add_parser(sub)
-    study.add_parser(sub)
-    p = sub.choices["study"]                     # every job of a study (and its base evaluation) gets the opt-in
-    p.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)
-    p.set_defaults(run=_with_trust(p.get_default("run")))
-
-
-def _with_trust(run):
-    """`run(args)` with --trust-remote-code passed on as the training option trust_remote_code=true."""
-    def wrapped(args) -> int:
-        if args.trust_remote_code:
-            args.set = [*args.set, "trust_remote_code=true"]
-        return run(args)
-    return wrapped
-
-
-# Each entry adds sub-commands that set `run(args) -> int`; a new command module adds its add_parser here.
-SUBCOMMANDS = [add_job_parsers, _add_evaluation_parsers]
-
-
-def _parse_set(items: list[str]) -> dict:
-    values = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise SpectrascopeError(f"--set {item!r}: use KEY=VALUE, e.g. --set warmup_ratio=0.05")
-        try:
-            values[key.strip()] = json.loads(raw)
-        except ValueError:
-            values[key.strip()] = raw
-    return values
-
-
-def submit_config(args) -> dict:
-    """The training config a `submit` command line describes (unset flags keep the trainer's defaults)."""
-    config = {"method": args.method}
-    config.update({dest: getattr(args, dest) for _, dest, _, _ in SUBMIT_OPTIONS if getattr(args, dest) is not None})
-    config.update(_parse_set(args.set))
-    if getattr(args, "trust_remote_code", False):
-        config["trust_remote_code"] = True
-    return config
-
-
-def run_submit(args) -> int:
-    from training.jobs import JobStore
-
-    store = JobStore()
-    job = store.submit(submit_config(args), name=args.name)
-    print(f"job {job.id} ({job.name}) {job.status}; run folder {job.run_dir}", file=sys.stderr)
-    if not args.wait:
-        print(json.dumps({"job": job.id, "name": job.name, "status": job.status, "run_dir": job.run_dir}))
-        return 0
-    job = _wait_with_bar(store, job.id)
-    result = job.result() or {}
-    summary = {"job": job.id, "name": job.name, "status": job.status, "run_dir": job.run_dir,
-               "metrics": result.get("test") or {}, "validation": result.get("validation") or {},
-               "steps": result.get("steps"), "error": job.error}
-    print(json.dumps(summary))
-    return 0 if job.status == "done" else 1
-
-
-def _wait_with_bar(store, job_id: int):
-    from tqdm import tqdm
-
-    bar = tqdm(total=None, file=sys.stderr, unit="step", desc=f"job {job_id}", dynamic_ncols=True)
-
-    def show(job, lines):
-        for line in lines:
-            if "total_steps" in line:
-                bar.total = line["total_steps"]
-            if "step" in line:
-                bar.n = line["step"]
-            post = {"loss": f"{line['loss']:.4f}"} if "loss" in line else {}
-            if "eval" in line:
-                post.update({k: f"{v:.4f}" for k, v in line["eval"].items() if isinstance(v, float)})
-            bar.set_postfix(post, refresh=False)
-        bar.set_description(f"job {job_id} {job.status}")
-        bar.refresh()
-
-    try:
-        return store.wait(job_id, poll=0.5, on_progress=show)
-    except KeyboardInterrupt:
-        raise SpectrascopeError(f"stopped waiting; job {job_id} goes on (python -m training cancel {job_id})") \
-            from None
-    finally:
-        bar.close()
-
-
-def _ago(t: float | None) -> str:
-    return "" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-
-
-def run_list(args) -> int:
-    from training.jobs import JobStore
-
-    jobs = JobStore().list()
-    if args.json:
-        print(json.dumps([j.to_dict() for j in jobs], default=str))
-        return 0
-    print(f"{'id':>4}  {'status':<9}  {'method':<8}  {'created':<19}  name")
-    for job in jobs:
-        print(f"{job.id:>4}  {job.status:<9}  {job.config.get('method', ''):<8}  {_ago(job.created):<19}  {job.name}")
-    return 0
-
-
-def run_show(args) -> int:
-    from training.jobs import JobStore
-
-    job = JobStore().get(args.id)
-    if not job.final:
-        JobStore().reconcile()
-        job = JobStore().get(args.id)
-    progress = job.progress()
-    print(json.dumps({**job.to_dict(), "last_progress": progress[-1] if progress else None,
-                      "result": job.result()}, indent=2, default=str))
-    return 0
-
-
-def run_cancel(args) -> int:
-    from training.jobs import JobStore
-
-    job = JobStore().cancel(args.id, grace=args.grace)
-    print(f"job {job.id} {job.status}")
-    return 0
-
-
-def run_logs(args) -> int:
-    from training.jobs import JobStore
-
-    job = JobStore().get(args.id)
-    print(job.log_tail(args.lines))
-    return 0
+# sub-command -> the module whose add_parser(subparsers) adds it and whose run(args) -> int runs it, in help order.
+# A new command module lists its COMMANDS here.
+SUBCOMMANDS = {"submit": "training.cli_jobs", "list": "training.cli_jobs", "show": "training.cli_jobs",
+               "cancel": "training.cli_jobs", "logs": "training.cli_jobs",
+               "evaluate": "training.cli_evaluate",
+               "study": "training.cli_study", "study-show": "training.cli_study", "study-list": "training.cli_study"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description="Background fine-tunes.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in SUBCOMMANDS:
-        add(sub)
+    for path in dict.fromkeys(SUBCOMMANDS.values()):
+        importlib.import_module(path).add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        return importlib.import_module(SUBCOMMANDS[args.command]).run(args)
     except SpectrascopeError as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 2

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sqlite3
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -387,70 +385,3 @@ def compute_run(run_dir: str | Path, split: str, task: str | None = None) -> dic
     rows = split_rows(task_obj, other)[split]
     device = next(model.parameters()).device
     return _clean(evaluate(model, task_obj, rows, tokenizer, cfg, True, device))
-
-
-# ----------------------------------------------------------------------------------------------- CLI
-
-def add_parser(sub) -> None:
-    """`python -m training evaluate [--run ID | --base MODEL] [--task T] [--split validation|test|both]`."""
-    p = sub.add_parser("evaluate", help="evaluate a finished run or a base model's baselines; stored in SQLite")
-    who = p.add_mutually_exclusive_group()
-    who.add_argument("--run", dest="run_id", type=int, help="job id of a finished run")
-    who.add_argument("--base", metavar="MODEL", help="a base model: linear probe + untrained head (encoders), "
-                                                     "zero-shot (decoders); default: the embedded MiniLM")
-    p.add_argument("--task", help="task name or file (default: the run's task, or rotten_tomatoes)")
-    p.add_argument("--split", default="validation", choices=["validation", "test", "both"],
-                   help="validation for selection (default), test to report once")
-    p.add_argument("--recompute", action="store_true", help="recompute even when stored numbers exist")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="base models: row limits etc. as training options, e.g. --set max_eval_rows=100")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="base models: run the model folder's own Python code (config.json auto_map); a run uses "
-                        "the choice recorded in its manifest")
-    p.set_defaults(run=run_cli)
-
-
-def run_cli(args) -> int:
-    """Evaluate and print one JSON object per line: {"run", "task", "split", "metrics"}."""
-    from training.__main__ import _parse_set
-
-    splits = SPLITS if args.split == "both" else (args.split,)
-    options = _parse_set(args.set)
-    if getattr(args, "trust_remote_code", False):
-        if args.run_id is not None:
-            raise SpectrascopeError("--trust-remote-code applies to --base only: a run uses the choice recorded in "
-                                    "its manifest")
-        options["trust_remote_code"] = True
-    for split in splits:
-        if args.run_id is not None:
-            if options:
-                raise SpectrascopeError("--set applies to --base only: a run is evaluated on its own rows")
-            metrics = evaluate_run(args.run_id, split, args.task, recompute=args.recompute)
-            print(json.dumps({"run": str(args.run_id), "task": _task_name(args.task) if args.task else None,
-                              "split": split, "metrics": metrics}))
-        else:
-            for run_id, metrics in evaluate_base(args.base, args.task or "rotten_tomatoes", split, options,
-                                                 recompute=args.recompute).items():
-                print(json.dumps({"run": run_id, "task": _task_name(args.task or "rotten_tomatoes"),
-                                  "split": split, "metrics": metrics}))
-        sys.stdout.flush()
-    return 0
-
-
-def base_eval_command(model: str | None, task: str, options: dict) -> list[str]:
-    """The argument list of a background base evaluation (validation and test) for a study."""
-    cmd = [sys.executable, "-m", "training", "evaluate", "--base", model or DEFAULT_MODEL, "--task", task,
-           "--split", "both"]
-    for key, value in sorted(options.items()):
-        cmd += ["--set", f"{key}={json.dumps(value)}"]
-    return cmd
-
-
-def worker_env(data: Path) -> dict:
-    """The environment of a background process: the data dir, the project on PYTHONPATH, no hub access."""
-    from training.jobs import PROJECT_ROOT
-
-    env = dict(os.environ, SPECTRASCOPE_DATA=str(data), PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    return env

@@ -9,6 +9,7 @@ import re
 import pytest
 
 from training import study
+from training.cli_study import wait_study
 from tests.helpers import ok
 from tests.training.test_study_report import ROWS, plant_study, wilson_by_hand
 
@@ -31,7 +32,7 @@ def finished_study(tmp_path_factory):
                                options={"max_train_rows": 32, "max_eval_rows": 16, "max_test_rows": 16,
                                         "eval_every": 0})
         record = study.start_study(spec)
-        study.wait_study(record["id"], poll=0.5, out=open(os.devnull, "w"))
+        wait_study(record["id"], poll=0.5, out=open(os.devnull, "w"))
         jobs = study.study_jobs(record)
         assert [j.status for j in jobs] == ["done"] * 4, [j.log_tail() for j in jobs]
     return data, record["id"]

@@ -261,7 +261,7 @@ def test_trust_remote_code_is_an_opt_in_recorded_in_the_config(models, data, cap
 
 
 def test_cli_flags_set_the_opt_in(data, monkeypatch):
-    from training import __main__ as cli_main
+    from training import __main__ as cli_main, cli_jobs
 
     seen = {}
 
@@ -277,7 +277,7 @@ def test_cli_flags_set_the_opt_in(data, monkeypatch):
     monkeypatch.setattr(study, "start_study", lambda spec, base_eval=True: record("study")(spec))
     assert main(["study", "--trust-remote-code", "--seeds", "1"]) == 2
     assert seen["study"].options == {"trust_remote_code": True}
-    assert cli_main.submit_config(cli_main.build_parser().parse_args(["submit", "--method", "full"])) == \
+    assert cli_jobs.submit_config(cli_main.build_parser().parse_args(["submit", "--method", "full"])) == \
         {"method": "full"}
 
 

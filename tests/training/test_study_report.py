@@ -212,7 +212,9 @@ def test_table_counts_cancelled_runs_and_shows_single_seeds_without_an_interval(
 def test_cli_show_prints_the_paired_comparison(planted, capsys):
     from argparse import Namespace
 
-    assert study.run_show_cli(Namespace(id=1, json=False, test_only=True)) == 0
+    from training import cli_study
+
+    assert cli_study.run_show(Namespace(id=1, json=False, test_only=True)) == 0
     out = capsys.readouterr().out
     assert "| arm | reference | mean difference | 95 % CI | verdict | seeds | rows |" in out
     assert "no detectable difference at this budget" in out and "test accuracy (scored once)" in out
