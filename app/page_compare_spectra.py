@@ -86,6 +86,10 @@ class Side:
     def moe(self) -> bool:
         return self.run is not None and self.run.weights == "moe"
 
+    @property
+    def merged(self) -> bool:                         # DoRA…: the run is loaded and merged (finetuned_source)
+        return self.run is not None and self.run.weights == "merged"
+
 
 def short(path: str, n: int = 32) -> str:
     name = Path(path).name or path
@@ -143,7 +147,13 @@ def _stamp(folder: Path) -> list:
 
 def _source_pair(side: Side):
     from analysis.sources import open_source
-    return open_source(side.base), open_source(side.model, side.adapter)
+    return open_source(side.base), side.run.finetuned_source() if side.merged else open_source(side.model, side.adapter)
+
+
+def _merged_analysis(side: Side, device: str):
+    from analysis import engine
+    result = engine.analyze(source=side.run.finetuned_source(), device=device, use_cache=False)
+    return alpha_noise.layer_alphas(result.rows, result.evals)
 
 
 def _moe_report(side: Side, mode: str, top_k: int, progress):
@@ -227,11 +237,12 @@ def compare_side(side: Side, top_k: int, moe_mode: str, bar, index: int, count: 
             report = _moe_report(side, moe_mode, top_k, progress)
             _memo_put(key, report)
         return report
-    base_src, ft_src = _source_pair(side)
-    key = json.dumps(["pair", base_src.identity(), ft_src.identity(), top_k], default=str)
+    pair = None if side.merged else _source_pair(side)  # a merged run is loaded only when it is not memoised
+    ident = [s.identity() for s in pair] if pair else [side.base, str(side.run.artifact), _stamp(side.run.artifact)]
+    key = json.dumps(["pair", *ident, top_k], default=str)
     report = _memo_get(key)
     if report is None:
-        report = intruders.compare(base_src, ft_src, top_k, intruders.EPSILON, progress)
+        report = intruders.compare(*(pair or _source_pair(side)), top_k, intruders.EPSILON, progress)
         _memo_put(key, report)
     return report
 
@@ -422,6 +433,9 @@ def side_layers(side: Side, report: intruders.IntruderReport, device: str):
         f = _alpha_memo(key, lambda: alpha_noise.layer_alphas(base.rows, base.evals,
                                                               alpha_noise.effective_spectra(c)))
         return b, f
+    if side.merged:
+        key = json.dumps(["alpha-merged", _result_key(base), str(side.run.artifact), _stamp(side.run.artifact)])
+        return b, _alpha_memo(key, lambda: _merged_analysis(side, device))
     fine = common.analysis_for(common.ModelChoice(side.model, side.adapter, device))
     if fine is None or not fine.layer_rows:
         return None
@@ -464,7 +478,7 @@ def mitigation_section(sides: list[Side], reports: dict, eps: float, top_k: int)
     st.caption("W' = W + Σ_{intruders j} (λ − 1) σ_j u_j v_jᵀ (Shuttleworth et al.; peft's "
                "`reduce_intruder_dimension`): the intruders' singular values are multiplied by λ, the rest of the "
                "weights stay. The paper reports less forgetting at about the same target accuracy for λ ≈ 0.7.")
-    usable = [s for s in sides if s.label in reports and not s.moe]
+    usable = [s for s in sides if s.label in reports and not s.moe and not s.merged]
     if not usable:
         st.info("Mitigation writes a model checkpoint, so it needs a LoRA or full fine-tune (MoE-LoRA experts are "
                 "mitigated per expert from the CLI later).", icon=":material/info:")

@@ -63,13 +63,27 @@ class RunArtifact:
     def sources(self) -> tuple[str | None, str | None, str | None]:
         """(base, fine-tuned model, adapter) as open_source arguments, by the method's weights: a peft adapter →
         base + adapter; a whole model → the folder. MoE-LoRA ("moe") has no ModelSource form (it is merged per
-        expert by the page): (base, None, None)."""
+        expert by the page) and a "merged" run is loaded and merged (finetuned_source): (base, None, None)."""
         weights = self.weights
         if weights == "adapter":
             return self.base, self.base, str(self.artifact)
         if weights == "model":
             return self.base, str(self.artifact), None
         return self.base, None, None
+
+    def finetuned_source(self):
+        """The tuned weights as an analysis ModelSource: base + adapter, the model folder, or ("merged") the run
+        loaded with its adapter merged in memory (training.merged); None for MoE-LoRA."""
+        if self.weights == "merged":
+            from training.merged import merged_source
+
+            return merged_source(self.folder)
+        _, model, adapter = self.sources()
+        if model is None:
+            return None
+        from analysis.sources import open_source
+
+        return open_source(model, adapter)
 
     @property
     def weights(self) -> str:
