@@ -89,13 +89,39 @@ class Job:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def validate_name(name: str) -> str:
-    """`name` if it is a safe run name (letters, digits, `_.-`, ≤ 64 chars, no leading dot), else an error."""
+def name_problem(name, taken=()) -> str | None:
+    """Why `name` cannot name a new run (not a safe name, or a run has it already), or None."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise SpectrascopeError(
-            f"bad run name {name!r}: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
-        )
+        return (f"bad run name {name!r}: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit "
+                "(no '/', spaces or '..')")
+    if name in taken:
+        return f"a run named {name!r} exists already: pick another name, e.g. {fresh_name(name, taken)!r}"
+    return None
+
+
+def validate_name(name: str, taken=()) -> str:
+    """`name` if it is a safe run name (letters, digits, `_.-`, ≤ 64 chars, no leading dot) that no run in
+    `taken` has, else a SpectrascopeError."""
+    problem = name_problem(name, taken)
+    if problem:
+        raise SpectrascopeError(problem)
     return name
+
+
+def fresh_name(base: str, taken=()) -> str:
+    """`base`, or `base-2`, `base-3`, … : the first that is not in `taken` (still at most 64 characters); a taken
+    `x-2` goes on to `x-3`."""
+    taken = set(taken)
+    if base not in taken:
+        return base
+    numbered = re.fullmatch(r"(.+)-(\d{1,6})", base)
+    stem, n = (numbered[1], int(numbered[2]) + 1) if numbered else (base, 2)
+    while True:
+        suffix = f"-{n}"
+        name = stem[:64 - len(suffix)].rstrip("._-") + suffix
+        if name not in taken:
+            return name
+        n += 1
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -218,6 +244,11 @@ class JobStore:
             raise SpectrascopeError(f"no job with id {job_id}: see `python -m training list`")
         return _job(row)
 
+    def names(self) -> set[str]:
+        """The names of all runs so far (a new run's name must differ from each)."""
+        with self._connect() as con:
+            return {row[0] for row in con.execute("SELECT name FROM jobs")}
+
     def list(self, reconcile: bool = True) -> list[Job]:
         """All jobs, oldest first, after marking running jobs whose worker vanished as lost."""
         if reconcile:
@@ -237,14 +268,15 @@ class JobStore:
 
         given = (config or {}).get("name") if name is None else name
         if given is not None:
-            validate_name(given)            # cheap checks first: a bad name never loads the data
+            validate_name(given, self.names())      # cheap checks first: a bad name never loads the data
         clean = check_base_eval(config) if is_base_eval(config) else prepare_config(config)
         clean.pop("name", None)
         check_machine(clean)
-        name = validate_name(given if given is not None else default_name(clean))
         now = time.time()
         with self._connect() as con:
-            con.execute("BEGIN IMMEDIATE")
+            con.execute("BEGIN IMMEDIATE")           # the name check and the insert as one step
+            taken = {row[0] for row in con.execute("SELECT name FROM jobs")}      # (an error rolls back)
+            name = validate_name(given, taken) if given is not None else default_name(clean, taken)
             cur = con.execute(
                 "INSERT INTO jobs (name, status, config, created) VALUES (?, 'queued', ?, ?)",
                 (name, json.dumps(clean), now),
@@ -392,11 +424,12 @@ class JobStore:
             time.sleep(poll)
 
 
-def default_name(config: dict) -> str:
-    """A run name from the config: `<method>-<task>`, reduced to the characters run names allow."""
+def default_name(config: dict, taken=()) -> str:
+    """A run name from the config: `<method>-<task>` reduced to the characters run names allow, suffixed -2, -3, …
+    when a run in `taken` has it already."""
     task = Path(str(config.get("task") or "task")).stem
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{config.get('method', 'run')}-{task}").strip("._-")
-    return (name or "run")[:64]
+    return fresh_name((name or "run")[:64], taken)
 
 
 def _job(row: sqlite3.Row) -> Job:

@@ -150,6 +150,34 @@ def test_odd_or_path_traversing_run_names_are_rejected(store, tiny_bert, name):
     assert store.list() == [] and not (store.data / "runs").exists()
 
 
+def test_default_names_are_fresh_and_a_taken_name_is_refused(store, tiny_bert):
+    config = cheap(tiny_bert)
+    first, second = store.submit(config, start=False), store.submit(config, start=False)
+    assert (first.name, second.name) == ("lora-rotten_tomatoes", "lora-rotten_tomatoes-2")
+    assert store.names() == {"lora-rotten_tomatoes", "lora-rotten_tomatoes-2"}
+    assert jobs.default_name(first.config, store.names()) == "lora-rotten_tomatoes-3"     # what the form suggests
+    with pytest.raises(SpectrascopeError, match="a run named 'lora-rotten_tomatoes-2' exists already: pick another "
+                                                "name, e.g. 'lora-rotten_tomatoes-3'"):
+        store.submit(config, name="lora-rotten_tomatoes-2", start=False)
+    mine = store.submit(config, name="mine", start=False)
+    with pytest.raises(SpectrascopeError, match="'mine' exists already.*'mine-2'"):
+        store.submit({**config, "name": "mine"}, start=False)           # the name inside the config: the same
+    assert [j.name for j in store.list()] == ["lora-rotten_tomatoes", "lora-rotten_tomatoes-2", "mine"]
+    assert not jobs._CHILDREN and mine.status == "queued"
+
+
+def test_fresh_name_suffixes_within_64_characters():
+    assert jobs.fresh_name("a", set()) == "a"
+    assert jobs.fresh_name("a", {"a", "a-2", "a-3"}) == "a-4"
+    assert jobs.fresh_name("run-7", {"run-7"}) == "run-8"
+    long = "x" * 64
+    assert jobs.fresh_name(long, {long}) == "x" * 62 + "-2"
+    assert jobs.NAME_RE.fullmatch(jobs.fresh_name("a." + "y" * 62, {"a." + "y" * 62}))
+    assert jobs.name_problem("ok", {"other"}) is None
+    assert "bad run name '../x'" in jobs.name_problem("../x")
+    assert jobs.default_name({"method": "moe_lora", "task": "/data/my tasks/reviews.yaml"}) == "moe_lora-reviews"
+
+
 def test_malformed_data_is_a_clear_error_and_starts_no_process(store, tiny_bert, tmp_path):
     data = tmp_path / "reviews.jsonl"
     data.write_text('{"text": "good", "label": 1}\n{"text": "bad", "label": 0\n')
