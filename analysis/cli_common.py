@@ -1,4 +1,4 @@
-"""Helpers shared by the command-line tools: one-line errors with exit code 2, progress bars, table output."""
+"""Helpers shared by the command-line tools: one-line errors with exit code 2, closed pipes, progress, tables."""
 from __future__ import annotations
 
 import os
@@ -25,12 +25,44 @@ def guarded(fn: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:      # the reader went away (`| head`): pipe_safe ends the command quietly
+        raise
     except Exception as err:  # noqa: BLE001 - the last line of defence: never a raw traceback
         if os.environ.get("SPECTRASCOPE_DEBUG"):
             raise
         print(f"error: unexpected {type(err).__name__}: {err} (set SPECTRASCOPE_DEBUG=1 for details)",
               file=sys.stderr)
         return 1
+
+
+# The exit status of a command whose reader closed the pipe: 128 + SIGPIPE, what `cat` or `yes` report under
+# `set -o pipefail`.
+CLOSED_PIPE_STATUS = 141
+
+
+def pipe_safe(main: Callable[[], int]) -> int:
+    """Run a CLI's main(): when the reader of its output goes away early (`... | head`), end quietly.
+
+    Python ignores SIGPIPE, so a write to a closed pipe raises BrokenPipeError, and its last flush at exit prints
+    "Exception ignored ... BrokenPipeError". Here stdout is flushed before returning; on a closed pipe stdout and
+    stderr are pointed at /dev/null (nothing is left to say, and the exit flush then succeeds) and the status
+    is CLOSED_PIPE_STATUS, with no output at all.
+    """
+    try:
+        try:
+            return main()
+        finally:
+            if sys.stdout is not None:
+                sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                os.dup2(devnull, stream.fileno())
+            except (AttributeError, OSError, ValueError):     # not a real file (a test's capture): nothing to do
+                pass
+        os.close(devnull)
+        return CLOSED_PIPE_STATUS
 
 
 def tqdm_progress(desc: str):

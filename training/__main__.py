@@ -5,6 +5,7 @@ import argparse
 import importlib
 import sys
 
+from analysis.cli_common import pipe_safe
 from analysis.types import SpectrascopeError
 
 # sub-command -> the module whose add_parser(subparsers) adds it and whose run(args) -> int runs it, in help order.
@@ -24,6 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse `argv` and run the sub-command; a closed output pipe (`| head`) ends it quietly (pipe_safe)."""
+    return pipe_safe(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return importlib.import_module(SUBCOMMANDS[args.command]).run(args)
