@@ -24,6 +24,9 @@ import streamlit as st  # noqa: E402
 from app import common  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+# The browser tab's icon, shipped with the app: Streamlit turns a local SVG into a data: URL, whereas a
+# ":material/…:" page icon makes the browser fetch it from a font CDN (nothing offline).
+ICON = ROOT / "assets" / "icon.svg"
 PAGES = [  # (file in app/, title, icon, url path); the first existing one is the default page
     ("page_overview.py", "Overview", ":material/monitoring:", "overview"),
     ("page_layer.py", "Layer detail", ":material/stacked_line_chart:", "layer"),
@@ -44,7 +47,7 @@ def build_pages() -> list:
     return pages
 
 
-st.set_page_config(page_title="Spectrascope", page_icon=":material/query_stats:", layout="wide")
+st.set_page_config(page_title="Spectrascope", page_icon=str(ICON), layout="wide")
 st.set_option("client.toolbarMode", "minimal")      # a local workbench: no "Deploy" button
 page = st.navigation(build_pages())
 common.sidebar_model_picker()

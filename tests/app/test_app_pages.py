@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -11,6 +13,7 @@ from app import common
 from tests.helpers import arr, ok
 
 MINILM_LAYERS = 6
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def figures(at) -> list[dict]:
@@ -178,9 +181,10 @@ def test_compare_two_checkpoints(app, tiny_llamas):
     assert arr(per_module["data"][0]["x"]).tolist() == ["q", "k", "v", "o", "gate", "up", "down"]
     assert arr(heat["data"][0]["z"]).shape == (3, 7) and heat["data"][0]["zmid"] == 0
     assert any(s.value == "Intruder dimensions" for s in at.subheader)
-    # a placeholder until app/page_compare_spectra.py exists, then a link to it
-    links = [el for el in at.get("page_link") if "intruder" in el.proto.label.lower()]
-    assert links or any("intruder" in i.value.lower() for i in at.info)
+    # one link under "Intruder dimensions", to the Compare spectra page (its URL: /spectra)
+    links = [el.proto for el in at.get("page_link") if "intruder" in el.proto.label.lower()]
+    assert [link.page for link in links] == ["spectra"]
+    assert not any("later issue" in i.value for i in at.info)
 
 
 def test_compare_same_model_says_so(app):
@@ -256,3 +260,21 @@ def test_layer_page_shows_verdict_and_why_a_fit_is_unreliable(app):
     assert any("verdict" in d.value.columns for d in at.dataframe)
     assert any(w.value.startswith("Unreliable fit:") and "tail of 9" in w.value for w in at.warning)
     assert any("±" in m.value for m in at.metric)
+
+
+def test_tab_icon_is_a_shipped_file_sent_inline(app, monkeypatch):
+    """The favicon is the SVG in assets/, handed to the browser as a data: URL: nothing to fetch from a font CDN
+    (a ":material/…:" page icon makes the browser load it from fonts.gstatic.com, which fails offline)."""
+    import streamlit
+    from streamlit.commands.page_config import _get_favicon_string
+
+    configs, real = [], streamlit.set_page_config
+    monkeypatch.setattr(streamlit, "set_page_config", lambda **kw: (configs.append(kw), real(**kw))[1])
+    at = app().run()
+    ok(at)
+    assert len(configs) == 1
+    icon = Path(configs[0]["page_icon"])
+    assert icon.is_file() and icon.resolve().parent == ROOT / "assets"
+    assert ElementTree.parse(icon).getroot().tag == "{http://www.w3.org/2000/svg}svg"
+    assert icon.stat().st_size < 4096
+    assert _get_favicon_string(str(icon)).startswith("data:image/svg+xml;base64,")
