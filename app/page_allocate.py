@@ -14,6 +14,7 @@ from analysis import allocation as al
 from analysis import allocation_store as store
 from analysis.types import MatrixInfo, SpectrascopeError
 from app import charts, common
+from app.page_allocate_adalora import section as adalora_section
 
 VIEW_NAMES = ("strategy", "budget", "beta", "mola", "min_experts", "max_experts")   # kept in the URL
 common.register_view_keys(*VIEW_NAMES)
@@ -436,6 +437,12 @@ def export_section(alloc: al.Allocation, m: ModelFacts) -> None:
 def main() -> None:
     _seed_from_url()
     st.title("Allocate experts")
+    allocation_sections()
+    adalora_section(_view_float("beta", al.DEFAULT_BETA, 0.0, 5.0))
+
+
+def allocation_sections() -> None:
+    """The allocation of the sidebar's model: controls, table, chart, ranks, comparison, export."""
     result = common.current_analysis()
     if result is None:
         return
