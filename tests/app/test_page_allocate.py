@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -14,6 +15,10 @@ from app import page_allocate as page
 from tests.helpers import ok
 
 MINILM_LAYERS = 6
+# MiniLM's adapted matrices (out × in), by hand: q, k, v, attention output 384 × 384, intermediate 1536 × 384,
+# output 384 × 1536. A rank-r LoRA expert on a matrix has r·(d_in + d_out) parameters; a router d_in per expert.
+MINILM_IN_PLUS_OUT = {"q": 768, "k": 768, "v": 768, "o": 768, "fc_in": 1920, "fc_out": 1920}
+MINILM_IN = {"q": 384, "k": 384, "v": 384, "o": 384, "fc_in": 384, "fc_out": 1536}
 EDIT_NONE = {"edited_rows": {}, "added_rows": [], "deleted_rows": []}
 
 
@@ -60,13 +65,32 @@ def errors(at) -> list[str]:
     return [e.value for e in at.error]
 
 
+def exact_count(at, label: str) -> int:
+    """The exact parameter count behind a metric tile ("1.7 M" shows, "1,658,880 parameters" is its help)."""
+    m = labelled(at.metric, label)
+    return int(m.proto.help.removesuffix(" parameters").replace(",", ""))
+
+
+def alphalora_by_hand(scores: list[float], budget: int, beta: float = 2.5) -> list[int]:
+    """The paper's rule, n_l = T·α_l^β / Σ α^β, rounded by largest remainder (floors, then one more expert to the
+    largest fractional parts until Σ = T); only valid when every share is ≥ 1, the page's minimum."""
+    weights = [a ** beta for a in scores]
+    shares = [budget * w / sum(weights) for w in weights]
+    assert min(shares) >= 1, shares
+    counts = [math.floor(x) for x in shares]
+    by_remainder = sorted(range(len(shares)), key=lambda i: counts[i] - shares[i])
+    for i in by_remainder[:budget - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
 # ------------------------------------------------------------------------------------------ the default view
 
 def test_default_allocation_chart_and_url(app):
     at = open_page(app)
     assert not at.error
     counts = experts(at)
-    assert len(counts) == MINILM_LAYERS and sum(counts) == 5 * MINILM_LAYERS
+    assert counts == alphalora_by_hand(_scores(), 5 * MINILM_LAYERS)
     assert metrics(at)["Σ experts / budget"] == "30 / 30"
     assert at.slider(key="w_budget").value == 30 and at.slider(key="w_beta").value == 2.5
     fig = figures(at)[0]
@@ -91,7 +115,10 @@ def test_comparison_of_the_three_strategies(app):
     assert names[2].startswith("MoLA 2468")
     table = [d.value for d in at.dataframe if "total experts" in d.value][0]
     assert list(table["total experts"]) == [30, 30, 26]          # MoLA 2468 on 6 layers: 2,2,4,4,6,8
-    assert all(table["trainable total"] > 0) and all(table["share of model"] > 0)
+    per_expert = 8 * sum(MINILM_IN_PLUS_OUT.values())              # rank 8 on the six matrices of a block
+    assert list(table["LoRA experts"]) == [n * per_expert for n in (30, 30, 26)]
+    assert list(table["routers"]) == [n * sum(MINILM_IN.values()) for n in (30, 30, 26)]
+    assert list(table["trainable total"]) == list(table["LoRA experts"] + table["routers"])
 
 
 # ------------------------------------------------------------------------------------------ sliders and strategies
@@ -100,7 +127,7 @@ def test_budget_slider_gives_new_counts(app):
     at = open_page(app)
     at.slider(key="w_budget").set_value(12).run()
     ok(at)
-    assert experts(at) == al.alphalora(_scores(), 12, 2.5)
+    assert experts(at) == alphalora_by_hand(_scores(), 12)
     assert sum(experts(at)) == 12 and metrics(at)["Σ experts / budget"] == "12 / 12"
     assert qp(at, "budget") == "12"
     at.slider(key="w_budget").set_value(60).run()
@@ -259,13 +286,20 @@ def test_rank_budget_exports_peft_patterns(app):
 
 def test_parameter_count_follows_rank_and_modules(app):
     at = open_page(app)
-    total_r8 = metrics(at)["Trainable total"]
+    assert at.multiselect(key="alloc_modules").value == list(MINILM_IN)
+    experts_r8, routers = 30 * 8 * sum(MINILM_IN_PLUS_OUT.values()), 30 * sum(MINILM_IN.values())
+    assert (exact_count(at, "LoRA experts"), exact_count(at, "Routers")) == (experts_r8, routers)   # 1,658,880
+    assert exact_count(at, "Trainable total") == experts_r8 + routers
     at.number_input(key="alloc_rank").set_value(16).run()
     ok(at)
-    assert metrics(at)["Trainable total"] != total_r8
+    assert exact_count(at, "LoRA experts") == 2 * experts_r8            # rank 8 → 16: exactly twice the experts
+    assert exact_count(at, "Routers") == routers                        # the routers do not depend on the rank
+    assert exact_count(at, "Trainable total") == 2 * experts_r8 + routers
     at.multiselect(key="alloc_modules").set_value(["q", "v"]).run()
     ok(at)
     assert "q, v" in " ".join(c.value for c in at.caption)
+    assert exact_count(at, "LoRA experts") == 30 * 16 * (768 + 768)
+    assert exact_count(at, "Routers") == 30 * (384 + 384)
 
 
 def test_use_for_training_writes_a_loadable_file(app):
