@@ -59,6 +59,7 @@ class Method:
     step_seconds: float = 0.5                # rough seconds per step of the default model on the 2-core CPU
     #                                          (LoRA, MoE-LoRA, full: from the measured study, docs/study_default.md)
     needs_task_data: bool = False            # attach reads the training rows (a calibration pass)
+    loss_note: str | None = None             # what its training loss adds to the task loss (the Train page says so)
 
     def option_values(self, given: dict | None) -> Any:
         """The method's own options from TrainConfig.method_options (defaults filled); unknown keys are an error."""

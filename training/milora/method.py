@@ -62,5 +62,6 @@ METHOD = Method(
     takes=("rank", "alpha", "dropout", "target_modules", "top_k", "load_balance_coef"),
     weights="moe",        # its layers are single-expert MoE-LoRA layers: merged per module like MoE-LoRA experts
     check=check, extra_loss=balance_loss, describe=describe, step_seconds=0.5,
+    loss_note="the router balance term",
     arms=(Arm("milora", "MiLoRA (prompt-routed)", "milora", reference="lora"),),
 )

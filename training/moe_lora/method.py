@@ -76,6 +76,7 @@ METHOD = Method(
     takes=("rank", "alpha", "dropout", "target_modules", "experts", "top_k", "load_balance_coef", "routing",
            "allocation", "allocation_file"),
     allocation="experts", weights="moe", check=check, extra_loss=balance_loss, describe=describe,
+    loss_note="the load-balancing term (load_balance_coef · Σ over blocks)",
     step_seconds=0.45,
     arms=(Arm("moe_uniform", "MoE-LoRA uniform", "moe_lora", allocation="uniform", reference="lora"),
           Arm("moe_mola", "MoE-LoRA MoLA", "moe_lora", allocation="mola", reference="moe_uniform"),
