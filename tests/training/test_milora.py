@@ -313,12 +313,15 @@ def tiny_folders(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["bert", "llama"])
-def test_trains_three_steps_and_reloads_to_the_same_evaluation(tmp_path, tiny_folders, kind):
-    config = {"method": "milora", "model": tiny_folders[kind], "max_steps": 3, "rank": 4, **SMALL}
-    assert prepare_config(config)["method"] == "milora"
+@pytest.mark.parametrize("kind,method", [("bert", "milora"), ("llama", "milora"), ("llama", "moe_lora")])
+def test_trains_three_steps_and_reloads_to_the_same_evaluation(tmp_path, tiny_folders, kind, method):
+    config = {"method": method, "model": tiny_folders[kind], "max_steps": 3, "rank": 4, **SMALL}
+    if method == "moe_lora":
+        config["routing"] = "prompt"
+    assert prepare_config(config)["method"] == method
     result = train(config, tmp_path)
     assert result["status"] == "done" and result["steps"] == 3
-    assert (tmp_path / "artifacts" / "milora" / WEIGHTS_NAME).is_file()
+    assert (tmp_path / "artifacts" / method / (WEIGHTS_NAME if method == "milora" else "moe_lora.safetensors")
+            ).is_file()
     assert len(result["target_modules"]) == (6 if kind == "bert" else 7)
     assert evaluate_artifacts(tmp_path) == result["test"]

@@ -1,4 +1,4 @@
-"""MiLoRA (Zhang et al. 2024): each adapted projection's LoRA module is an expert, top-k per block, routed per prompt."""
+"""MiLoRA (Zhang et al. 2024): each adapted projection's LoRA is an expert; top-k per block, routed once per prompt."""
 import importlib
 
 # Imported on first use: the registry reads method.py without loading torch.
