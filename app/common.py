@@ -6,6 +6,7 @@ import time
 import traceback
 from collections import OrderedDict
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import streamlit as st
 
@@ -23,27 +24,38 @@ MAX_RESULTS = 6                      # analyses kept in memory (shared by all se
 VIEW_KEYS = ["model", "adapter", "device", "layer", "matrix", "metric", "score", "fit", "model_b", "adapter_b"]
 SELECTED_LAYER = "view_layer"        # the selected layer (chart click, selectbox, ?layer=); tests set it directly
 _INIT_FLAG = "_view_initialised"
+_FROM_URL = "_view_from_url"         # {name: value} the URL gave that no widget has checked yet
+_NOTICES = "_view_notices"           # what could not be shown as asked (drawn above the page by main.py)
 
 
 # ---------------------------------------------------------------- view state <-> URL
+
+def seed_view(*names: str) -> None:
+    """Seed view settings from the URL's query parameters where the session has none yet (values already set win).
+
+    The one place the URL seeds the view: init_view (the shared names, once per session), register_view_keys
+    (a page's own names) and pages that re-check theirs call it. What the URL gave is remembered until a widget
+    shows it, so that a value it cannot show is reported (url_fallback) instead of silently replaced.
+    """
+    given = st.session_state.setdefault(_FROM_URL, {})
+    for n in names:
+        if n in st.query_params and f"view_{n}" not in st.session_state:
+            st.session_state[f"view_{n}"] = given[n] = st.query_params[n]
+
 
 def register_view_keys(*names: str) -> None:
     """Let a page keep more of its view in the URL; values already in the URL are restored on first use."""
     for n in names:
         if n not in VIEW_KEYS:
             VIEW_KEYS.append(n)
-        # pages register after init_view ran: seed their keys from the URL the same way
-        if n in st.query_params and f"view_{n}" not in st.session_state:
-            st.session_state[f"view_{n}"] = st.query_params[n]
+    seed_view(*names)                # pages register after init_view ran: seed their names the same way
 
 
 def init_view() -> None:
     """Once per session: seed the view from the URL's query parameters (values already set win)."""
     if st.session_state.get(_INIT_FLAG):
         return
-    for name in VIEW_KEYS:
-        if name in st.query_params and f"view_{name}" not in st.session_state:
-            st.session_state[f"view_{name}"] = st.query_params[name]
+    seed_view(*VIEW_KEYS)
     st.session_state[_INIT_FLAG] = True
 
 
@@ -58,6 +70,67 @@ def set_view(name: str, value) -> None:
     st.session_state[f"view_{name}"] = None if value is None else str(value)
 
 
+def parsed_view(name: str, default, parse=str):
+    """The view setting `name` as parse(text) gives it (parse may also clamp); default when it is missing or
+    parse raises TypeError / ValueError (a link's unreadable value is reported)."""
+    raw = view(name)
+    if raw is None:
+        return default
+    try:
+        return parse(raw)
+    except (TypeError, ValueError):
+        url_fallback(name, raw, str(default), "cannot be read")
+        return default
+
+
+def url_fallback(name: str, asked: str | None, shown: str, why: str = "is not one of the choices") -> None:
+    """Say (once, above the page) that the link's `name=asked` cannot be shown and `shown` is shown instead.
+
+    Silent when `asked` did not come from the URL (a value left from another model or layer is no news). Call
+    url_checked(name) when the value could be shown."""
+    given = st.session_state.get(_FROM_URL, {})
+    if asked is None or name not in given:
+        return
+    if str(given.pop(name)) == str(asked):
+        notice(f"The link asks for **{name}={asked}**, which {why}: showing **{shown}** instead.")
+
+
+def url_asked(name: str) -> str | None:
+    """The value the link gave for `name` while no widget has checked it yet, else None."""
+    value = st.session_state.get(_FROM_URL, {}).get(name)
+    return None if value is None else str(value)
+
+
+def url_checked(name: str) -> None:
+    """The link's value of `name` (if any) was shown as asked: nothing to report later."""
+    st.session_state.get(_FROM_URL, {}).pop(name, None)
+
+
+def notice(text: str) -> None:
+    """A warning for the top of the page (drawn by show_notices), each text once."""
+    notices = st.session_state.setdefault(_NOTICES, [])
+    if text not in notices:
+        notices.append(text)
+
+
+def show_notices(where=None) -> None:
+    """Draw and forget the pending notices (main.py draws them above every page after it ran)."""
+    for text in st.session_state.pop(_NOTICES, []):
+        (where or st).warning(text, icon=":material/link_off:")
+
+
+def unknown_path(url: str | None, known: list[str], base: str = "") -> str | None:
+    """The page path of a browser URL when it names none of the `known` page paths (Streamlit then runs the
+    default page), else None; `base` is the server's baseUrlPath."""
+    if not url:
+        return None
+    path = urlsplit(url).path.strip("/")
+    base = (base or "").strip("/")
+    if base and (path == base or path.startswith(base + "/")):
+        path = path[len(base):].strip("/")
+    return path if path and path not in known else None
+
+
 def sync_query_params() -> None:
     """Mirror the view into st.query_params, touching only what changed (each change updates the URL)."""
     for name in VIEW_KEYS:
@@ -65,44 +138,55 @@ def sync_query_params() -> None:
         current = st.query_params.get(name)
         if value is None and current is not None:
             if f"view_{name}" not in st.session_state:     # arrived with a link (st.page_link query_params): keep it
-                st.session_state[f"view_{name}"] = current
+                seed_view(name)
                 continue
             del st.query_params[name]
         elif value is not None and current != value:
             st.query_params[name] = value
 
 
-def bound_selectbox(label: str, options: list, name: str, default=None, where=None, **kw):
-    """A selectbox whose value is the view setting `name` (restored from the URL, written back on change).
+def bound(widget, label: str, name: str, value, where=None, **kw):
+    """A widget whose value is the view setting `name`: shown at `value` (the caller reads the view, e.g. with
+    parsed_view, and checks it), each change written back to the view and so to the URL.
 
-    Options may be any values; the view stores str(option). Unknown or missing values fall back to default
-    (or the first option).
+    `widget` is a Streamlit widget function (st.slider, a column's number_input…) or its name ("slider", called on
+    `where`, default st). The one way pages bind a widget to the URL.
     """
-    where = where or st
     key = f"w_{name}"
-    labels = [str(o) for o in options]
-    current = view(name)
-    if current not in labels:
-        current = str(default) if default is not None and str(default) in labels else labels[0]
-    st.session_state[key] = options[labels.index(current)]
-    set_view(name, current)
+    st.session_state[key] = value
+    set_view(name, value)
 
     def changed() -> None:
         set_view(name, st.session_state[key])
 
-    return where.selectbox(label, options, key=key, on_change=changed, **kw)
+    function = getattr(where or st, widget) if isinstance(widget, str) else widget
+    return function(label, key=key, on_change=changed, **kw)
+
+
+def bound_selectbox(label: str, options: list, name: str, default=None, where=None, **kw):
+    """A selectbox whose value is the view setting `name` (restored from the URL, written back on change).
+
+    Options may be any values; the view stores str(option). Unknown or missing values fall back to default
+    (or the first option); a link's unknown value is reported above the page.
+    """
+    labels = [str(o) for o in options]
+    asked = view(name)
+    current = asked
+    if current not in labels:
+        current = str(default) if default is not None and str(default) in labels else labels[0]
+        shown = kw.get("format_func", str)(options[labels.index(current)])
+        url_fallback(name, asked, shown, f"is not one of the {label.lower()} choices here")
+    else:
+        url_checked(name)
+    return bound("selectbox", label, name, options[labels.index(current)], where=where, options=options, **kw)
 
 
 def bound_text(label: str, name: str, where=None, **kw) -> str:
-    """A text input whose value is the view setting `name`."""
-    where = where or st
-    key = f"w_{name}"
-    st.session_state[key] = view(name, "") or ""
-
-    def changed() -> None:
-        set_view(name, (st.session_state[key] or "").strip())
-
-    return (where.text_input(label, key=key, on_change=changed, **kw) or "").strip()
+    """A text input whose value is the view setting `name` (surrounding spaces dropped)."""
+    url_checked(name)
+    text = (bound("text_input", label, name, view(name, "") or "", where=where, **kw) or "").strip()
+    set_view(name, text)             # the view (and the URL) without the surrounding spaces
+    return text
 
 
 # ---------------------------------------------------------------- model choice
@@ -185,34 +269,68 @@ def current_choice() -> ModelChoice:
 
 # ---------------------------------------------------------------- analysis runner
 
+class LRUMemo:
+    """A small thread-safe memo that keeps the `size` most recently used entries (get / put / pop)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key, default=None):
+        """The value of `key` (now the most recently used), or default."""
+        with self._lock:
+            if key not in self._items:
+                return default
+            self._items.move_to_end(key)
+            return self._items[key]
+
+    def put(self, key, value) -> None:
+        """Keep `value` under `key`, dropping the least recently used entries beyond `size`."""
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def pop(self, key) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+
+    def get_or_compute(self, key, compute):
+        """The memoised value of `key`, computing (outside the lock) and keeping it when missing or None."""
+        value = self.get(key)
+        if value is None:
+            value = compute()
+            self.put(key, value)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 @st.cache_resource(show_spinner=False)
-def _store() -> tuple[OrderedDict, threading.Lock]:
+def shared_memo(name: str, size: int) -> LRUMemo:
+    """The LRUMemo called `name`, shared by all sessions and reruns for the server's life."""
+    return LRUMemo(size)
+
+
+def _store() -> LRUMemo:
     """Analyses kept in memory across reruns and sessions (most recently used last)."""
-    return OrderedDict(), threading.Lock()
+    return shared_memo("analyses", MAX_RESULTS)
 
 
 def forget(choice: ModelChoice) -> None:
-    results, lock = _store()
-    with lock:
-        results.pop(choice.key, None)
+    _store().pop(choice.key)
 
 
 def cached_result(choice: ModelChoice):
     """The in-memory analysis for a choice, or None."""
-    results, lock = _store()
-    with lock:
-        result = results.get(choice.key)
-        if result is not None:
-            results.move_to_end(choice.key)
-        return result
+    return _store().get(choice.key)
 
 
 def _remember(choice: ModelChoice, result) -> None:
-    results, lock = _store()
-    with lock:
-        results[choice.key] = result
-        while len(results) > MAX_RESULTS:
-            results.popitem(last=False)
+    _store().put(choice.key, result)
 
 
 def analysis_for(choice: ModelChoice, where=None):
@@ -283,12 +401,18 @@ def selected_layer(result) -> int | None:
     layers = block_layers(result)
     if not layers:
         return None
+    asked = view("layer")
     try:
-        layer = int(float(view("layer")))
-    except (TypeError, ValueError):
-        layer = layers[0]
-    if layer not in layers:
-        layer = min(layers, key=lambda x: abs(x - layer))
+        wanted = int(float(asked))
+    except (TypeError, ValueError, OverflowError):
+        wanted = None
+    if wanted in layers:
+        layer = wanted
+        url_checked("layer")
+    else:
+        layer = layers[0] if wanted is None else min(layers, key=lambda x: abs(x - wanted))
+        url_fallback("layer", asked, f"layer {layer}",
+                     f"is not a layer of this model (it has layers {layers[0]}–{layers[-1]})")
     set_view("layer", layer)
     return layer
 

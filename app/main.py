@@ -5,9 +5,12 @@ How pages are registered (for whoever adds one):
     __main__). Convention: a one-line docstring, `from app import common, charts`, helpers and a main(), and
     at the bottom `if __name__ == "__main__": main()` (so a benchmark/test can import it without running it).
     `common.current_analysis()` gives the sidebar model's AnalysisResult (or None after showing the error);
-    `common.view(...)` / `common.bound_selectbox(...)` keep the page's settings in the URL.
+    `common.register_view_keys(...)` (seeded from the URL by `common.seed_view`), `common.view(...)` and the
+    widgets of `common.bound(...)` / `common.bound_selectbox(...)` keep the page's settings in the URL;
+    `common.url_fallback(...)` says (above the page) when a link's value cannot be shown.
   * Add one line to PAGES below: (file, title, icon, url_path). A file that does not exist yet is left out,
-    so the list may name pages other developers have not written yet.
+    so the list may name pages other developers have not written yet. The first page is served at "/" and
+    its own path (/overview) leads there; a path that names no page shows the first page and says so.
   * Tests: AppTest.from_file("app/main.py").run(); at.switch_page("page_x.py").run().
 """
 from __future__ import annotations
@@ -39,18 +42,43 @@ PAGES = [  # (file in app/, title, icon, url path); the first existing one is th
 
 
 def build_pages() -> list:
-    """st.Page objects for the page files that exist."""
+    """st.Page objects for the page files that exist; the first is the default, served at "/"."""
     pages = []
     for file, title, icon, url in PAGES:
         if (HERE / file).is_file():
-            pages.append(st.Page(file, title=title, icon=icon, url_path=url, default=not pages))
+            pages.append(st.Page(file, title=title, icon=icon, url_path=url if pages else "", default=not pages))
     return pages
+
+
+def home_alias(home) -> "st.Page":
+    """The default page's own path (/overview) as a hidden page that opens "/" with the link's settings: Streamlit
+    serves the default page only at "/" and answers its path with "Page not found"."""
+    def go_home() -> None:
+        st.switch_page(home, query_params=st.query_params.to_dict())
+
+    return st.Page(go_home, title=home.title, url_path=PAGES[0][3], visibility="hidden")
+
+
+def say_if_unknown_path(home) -> None:
+    """A link to a path that names no page runs the default page: say so above it (once)."""
+    known = [url for *_, url in PAGES]
+    path = common.unknown_path(st.context.url, known, st.get_option("server.baseUrlPath"))
+    if path:
+        common.notice(f"There is no page **/{path}**: this is the {home.title}. The pages are listed in the "
+                      "sidebar.")
 
 
 st.set_page_config(page_title="Spectrascope", page_icon=str(ICON), layout="wide")
 st.set_option("client.toolbarMode", "minimal")      # a local workbench: no "Deploy" button
-page = st.navigation(build_pages())
+pages = build_pages()
+page = st.navigation(pages + [home_alias(pages[0])])
+if page.url_path == PAGES[0][3]:       # /overview: to "/" (the hidden alias), settings kept
+    page.run()
+if page is pages[0]:
+    say_if_unknown_path(page)
 common.sidebar_model_picker()
 common.sync_query_params()
+notices = st.container()               # what a link asked for that cannot be shown, drawn once the page ran
 page.run()
 common.sync_query_params()
+common.show_notices(notices)

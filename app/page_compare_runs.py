@@ -370,9 +370,7 @@ def paired_section(record: dict, jobs: list) -> None:
 
 
 def main() -> None:
-    for name in VIEW:                # the URL seeds this page's view on its first visit (init_view ran before import)
-        if f"view_{name}" not in st.session_state and name in st.query_params:
-            st.session_state[f"view_{name}"] = st.query_params[name]
+    common.seed_view(*VIEW)          # the URL seeds this page's view on its first visit
     st.title("Compare runs")
     st.caption("Fine-tunes side by side: LoRA, MoE-LoRA (uniform, MoLA, AlphaLoRA) and full fine-tunes, seeds "
                "aggregated to mean ± 95 % CI (Student t), with the base model's baselines (a linear probe and the "
