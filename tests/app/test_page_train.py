@@ -92,13 +92,73 @@ def test_form_renders_with_train_config_defaults(app, data, tiny_bert):
 def test_bad_run_name_shows_error_and_creates_no_job(app, data, tiny_bert):
     at = train_page(app, model=tiny_bert)
     at.text_input(key="tr_name").set_value("../x").run()
-    assert any("not allowed" in e.value for e in at.error)
+    assert any("bad run name '../x'" in e.value for e in at.error)
     at.button(key="tr_submit").click().run()
     ok(at)
     errors = " ".join(e.value for e in at.error)
-    assert "'../x' is not allowed" in errors and "Not submitted" in errors
+    assert "bad run name '../x'" in errors and "no '/', spaces or '..'" in errors and "Not submitted" in errors
     assert JobStore(data).list() == [] and not jobs._CHILDREN
     assert not any((data / "runs").glob("*"))
+
+
+def test_a_taken_run_name_is_refused_and_a_fresh_one_suggested(app, data, tiny_bert):
+    store = JobStore(data)
+    config = {"method": "lora", "model": tiny_bert}
+    store.submit(config, start=False)                                # named lora-rotten_tomatoes, never started
+    store.submit(config, name="mine", start=False)
+    at = train_page(app, model=tiny_bert)
+    name = at.text_input(key="tr_name")
+    assert name.value == "" and name.proto.placeholder == "lora-rotten_tomatoes-2"     # what an empty name gives
+    name.set_value("mine").run()
+    assert [e.value for e in at.error] == ["Run name: a run named 'mine' exists already: pick another name, e.g. "
+                                           "'mine-2'."]
+    at.button(key="tr_submit").click().run()
+    ok(at)
+    assert any("Not submitted" in e.value for e in at.error)
+    assert [j.name for j in store.list()] == ["lora-rotten_tomatoes", "mine"] and not jobs._CHILDREN
+
+
+def _url(at) -> dict:
+    """The page's URL query parameters as plain strings."""
+    return {k: v[0] if isinstance(v, list) else str(v) for k, v in at.query_params.items()}
+
+
+def test_form_values_survive_a_refresh_and_a_page_switch(app, data, tiny_bert):
+    at = fill(train_page(app, model=tiny_bert), {"tr_max_steps": 30, "tr_lr": 0.002, "tr_max_train_rows": None})
+    at.text_input(key="tr_name").set_value("thirty").run()
+    at.checkbox(key="tr_keep_best").uncheck().run()
+    ok(at)
+    url = _url(at)
+    assert {k: url.get(k) for k in ("new_max_steps", "new_lr", "new_max_train_rows", "new_name", "new_keep_best")} \
+        == {"new_max_steps": "30", "new_lr": "0.002", "new_max_train_rows": "none", "new_name": "thirty",
+            "new_keep_best": "false"}
+    assert "new_epochs" not in url and "new_batch" not in url            # defaults stay out of the URL
+    expected = {"tr_max_steps": 30, "tr_lr": 0.002, "tr_max_train_rows": None, "tr_epochs": 1,
+                "tr_max_eval_rows": TrainConfig().max_eval_rows}
+
+    def shown(page) -> dict:
+        return {k: page.number_input(key=k).value for k in expected}
+
+    fresh = train_page(app, **url)                                    # a browser refresh: a new session, same URL
+    assert shown(fresh) == expected and fresh.text_input(key="tr_name").value == "thirty"
+    assert fresh.checkbox(key="tr_keep_best").value is False and not fresh.warning
+    at.switch_page("page_overview.py").run()                          # leaving the page drops the widgets' states
+    at.switch_page("page_train.py").run()
+    ok(at)
+    assert shown(at) == expected and at.text_input(key="tr_name").value == "thirty"
+
+
+def test_a_links_unusable_form_values_are_reported_once(app, data, tiny_bert):
+    at = train_page(app, model=tiny_bert, new_max_steps="-5", new_lr="abc", new_task="nonsense",
+                    new_max_eval_rows="16")
+    said = " ".join(w.value for w in at.warning)
+    assert "**new_max_steps=-5**, which cannot be used here: showing **empty**" in said
+    assert "**new_lr=abc**, which cannot be read" in said
+    assert "**new_task=nonsense**, which is not one of the choices: showing **rotten_tomatoes**" in said
+    assert "new_max_eval_rows" not in said and at.number_input(key="tr_max_eval_rows").value == 16
+    assert at.number_input(key="tr_max_steps").value is None and at.selectbox(key="tr_task").value == "rotten_tomatoes"
+    at.number_input(key="tr_seed").set_value(3).run()
+    assert not at.warning                                             # said once, not on every rerun
 
 
 @pytest.mark.parametrize("without_store", [False, True], ids=["allocation_store", "plain-folder"])
@@ -143,8 +203,12 @@ def test_submit_tiny_job_appears_finishes_and_shows_metrics(app, data, tiny_bert
     at.button(key="tr_submit").click().run()
     ok(at)
     assert not at.error, [e.value for e in at.error]
-    assert any("Submitted run" in s.value for s in at.success)
     [job] = JobStore(data).list()
+    [said] = [s.value for s in at.success if "Submitted run" in s.value]
+    assert f"#{job.id} ui-tiny" in said                                 # the settings it was queued with
+    assert "LoRA · 1 step · lr 0.001 (LoRA's default) · 32 train rows · batch 16 · rank 8 · seed 0" in said
+    assert at.text_input(key="tr_name").value == ""                    # the next run does not reuse the name
+    assert at.text_input(key="tr_name").proto.placeholder == "lora-rotten_tomatoes"
     assert job.name == "ui-tiny" and job.config["max_steps"] == 1 and job.config["model"] == tiny_bert
     assert job.config["max_train_rows"] == 32 and job.config["eval_every"] == 0
     assert job.config["cpu_processes" if not jobs.gpu_count() else "gpus"] == 1
@@ -202,6 +266,19 @@ def test_cancel_queued_and_running_jobs_from_the_page(app, data, tiny_bert):
     assert dict(zip(runs_table(at)["id"], runs_table(at)["status"])) == {running.id: "cancelled",
                                                                            queued.id: "cancelled"}
     assert not [b for b in at.button if b.key and b.key.startswith("tr_cancel_")]     # nothing left to cancel
+
+
+def test_settings_summary_repeats_the_key_settings():
+    from app.train_format import settings_summary
+
+    base = {"method": "lora", "lr": None, "epochs": 1, "max_steps": 30, "max_train_rows": 1000, "batch_size": 16,
+            "rank": 8, "seed": 0}
+    assert settings_summary(base) == ("LoRA · 30 steps · lr 0.001 (LoRA's default) · 1,000 train rows · batch 16 · "
+                                      "rank 8 · seed 0")
+    epochs = settings_summary({**base, "method": "full", "max_steps": None, "epochs": 2, "lr": 1e-4})
+    assert epochs == "Full fine-tune · 2 epochs, at most 126 steps · lr 0.0001 · 1,000 train rows · batch 16 · seed 0"
+    assert "1 epoch · " in settings_summary({**base, "max_steps": None, "max_train_rows": None})
+    assert "all train rows" in settings_summary({**base, "max_train_rows": None})
 
 
 def test_run_detail_names_data_parallel_processes(app, data, tiny_bert):
