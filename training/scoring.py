@@ -31,10 +31,17 @@ def evaluate(model, task, rows: list[dict], tokenizer, cfg, decoder: bool, devic
     `predictions`, when given, receives the per-row labels and predicted labels ("y_true", "y_pred", in row order)
     of a labelled task, for paired comparisons between runs scored on the same rows.
     """
+    was_training = model.training
+    model.eval()                     # every forward below, the answer choice included: no dropout
+    try:
+        return _evaluate(model, task, rows, tokenizer, cfg, decoder, device, should_stop, predictions)
+    finally:
+        model.train(was_training)
+
+
+def _evaluate(model, task, rows, tokenizer, cfg, decoder, device, should_stop, predictions) -> dict:
     from training import data
 
-    was_training = model.training
-    model.eval()
     encoded = encode(task, rows, tokenizer, cfg, decoder)
     total_loss, total_count, logits_all = 0.0, 0, []
     for batch in data.batches(encoded, cfg.batch_size, shuffle=False):
@@ -47,7 +54,6 @@ def evaluate(model, task, rows: list[dict], tokenizer, cfg, decoder: bool, devic
         total_count += count
         if not decoder:
             logits_all.append(out.logits.float().cpu())
-    model.train(was_training)
     loss = total_loss / max(total_count, 1)
     result = {"loss": loss}
     if decoder:

@@ -91,11 +91,50 @@ def test_should_stop_ends_the_run_as_cancelled_without_artifacts(tmp_path, tiny_
     assert not (tmp_path / "artifacts").exists()
 
 
-def test_decoder_is_tuned_on_answer_tokens_and_reloads(tmp_path, tiny_llama):
-    lines = []
-    result = train({"method": "lora", "model": tiny_llama, "max_steps": 2, **SMALL}, tmp_path,
-                   progress=lines.append)
+def test_decoder_is_tuned_on_answer_tokens_and_reloads(tmp_path, tiny_llama, monkeypatch):
+    """Every training batch's loss is the cross-entropy of the answer tokens alone: labels are -100 on the prompt
+    and the padding, and the loss the model returns equals the answer-only loss computed here by hand. Scoring
+    (validation, test: the loss, then the answer choice) runs without dropout, so the reloaded run scores alike."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from training.tasks import load_task
+
+    seen, modes, forward = [], [], LlamaForCausalLM.forward
+
+    def spy(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        modes.append(("train" if self.training else "eval", kwargs.get("labels") is not None))
+        if self.training:
+            seen.append({k: kwargs[k].detach().clone() for k in ("input_ids", "attention_mask", "labels")} |
+                        {"logits": out.logits.detach().float(), "loss": float(out.loss.detach())})
+        return out
+
+    monkeypatch.setattr(LlamaForCausalLM, "forward", spy)
+    result = train({"method": "lora", "model": tiny_llama, "max_steps": 2, **SMALL}, tmp_path)
     assert json.loads((tmp_path / "manifest.json").read_text())["decoder"] is True
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    answers = [tokenizer(a, add_special_tokens=False)["input_ids"] + eos for a in load_task("rotten_tomatoes").answers]
+    assert len(seen) == 2                                       # one forward per optimizer step
+    # validation and test (loss, then the answer choice: 32 rows × 2 answers / 16 per batch) without dropout
+    assert [m for m in modes if m[0] == "train"] == [("train", True)] * 2
+    assert modes.count(("eval", False)) == 2 * 4
+    for batch in seen:
+        ids, mask, labels, logits = batch["input_ids"], batch["attention_mask"], batch["labels"], batch["logits"]
+        expected, nll = torch.full_like(ids, -100), []
+        for i in range(len(ids)):
+            length = int(mask[i].sum())                         # right padding: the real tokens come first
+            tokens = ids[i, :length].tolist()
+            answer = [a for a in answers if tokens[-len(a):] == a]
+            assert len(answer) == 1, tokenizer.decode(tokens)   # every sequence ends with exactly one answer
+            start = length - len(answer[0])
+            assert tokenizer.decode(tokens[:start]).endswith("sentiment :")     # before it, the prompt
+            expected[i, start:length] = ids[i, start:length]
+            logp = torch.log_softmax(logits[i], dim=-1)         # token t is predicted at position t - 1
+            nll += [-logp[t - 1, ids[i, t]] for t in range(start, length)]
+        assert torch.equal(labels, expected)
+        assert batch["loss"] == pytest.approx(float(torch.stack(nll).mean()), rel=1e-5)
     assert {"loss", "perplexity", "accuracy"} <= set(result["test"])
     assert evaluate_artifacts(tmp_path) == result["test"]
 
