@@ -187,7 +187,8 @@ def test_mitigation_writes_a_checkpoint_and_shows_before_after(app, pair):
     assert any(str(t["name"]).startswith("after (λ = 0.7)") for t in fig["data"])
     # W' = W + Σ (λ − 1) σ_j u_j v_jᵀ over the planted (top) directions: their σ × 0.7, the rest of the spectrum
     # and every other tensor as in the fine-tune
-    tuned, written = load_file(str(Path(planted) / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    tuned = load_file(str(Path(planted) / "model.safetensors"))
+    written = load_file(str(out / "model.safetensors"))
     assert set(written) == set(tuned)
     for name, t in tuned.items():
         if name in PLANTS:
