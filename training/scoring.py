@@ -91,7 +91,10 @@ def _choice_predictions(model, task, rows, tokenizer, cfg, device) -> list[int]:
     scores = []
     for batch in data.batches(encoded, cfg.batch_size, shuffle=False):
         batch = {k: v.to(device) for k, v in batch.items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        # labels passed too: a prompt-routed adapter (MoE-LoRA routing="prompt", MiLoRA) pools only the unlabelled
+        # prompt tokens, so scoring routes on the prompt as generation does, not on prompt + candidate answer
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       labels=batch["labels"]).logits.float()
         target = batch["labels"][:, 1:]                                   # token t+1 is predicted at t
         logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         scores += (logp * (target != -100)).sum(-1).tolist()

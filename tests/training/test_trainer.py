@@ -177,7 +177,7 @@ def test_moe_lora_allocation_must_fit_the_model(tmp_path, tiny_bert):
 
 
 @pytest.mark.parametrize("config,message", [
-    ({"method": "dora"}, "unknown method 'dora'"),
+    ({"method": "qlora"}, "unknown method 'qlora'"),
     ({"epochs": 0}, "epochs must be a positive integer"),
     ({"learning_rate": 1e-3}, r"unknown training option\(s\) \['learning_rate'\]"),
     ({"lr": 5}, "lr must be a number"),
