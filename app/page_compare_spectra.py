@@ -542,8 +542,9 @@ def show_mitigation(done: dict, before: intruders.IntruderReport, eps: float) ->
     c[1].metric("Intruders after", after.total, after.total - before.total, delta_color="inverse", border=True)
     c[2].metric("Directions scaled", done["total_scaled"], border=True)
     st.caption("Mitigation keeps the intruders' directions and shrinks their σ, so a direction that stays among "
-               "the top k still counts as an intruder: compare the spectra below. Before / after accuracy and "
-               "forgetting will come from the evaluation of a later issue — evaluate this folder there.")
+               "the top k still counts as an intruder: compare the spectra below. For accuracy before / after, "
+               "evaluate the written folder: `python -m training evaluate --base <folder> --task <task>` (a "
+               "linear probe on its features for encoders, zero-shot for decoders).")
     scaled = list(done["scaled"])
     name = common.view("cs_matrix")
     name = name if name in done["scaled"] else (scaled[0] if scaled else None)

@@ -47,9 +47,10 @@ class Method:
     takes: tuple[str, ...] = ()              # METHOD_FIELDS this method reads
     options: type | None = None              # dataclass of its own options (TrainConfig.method_options)
     allocation: str | None = None            # "ranks" (LoRA rank_pattern) | "experts" (MoE-LoRA) | None
-    weights: str = "adapter"                 # spectra views: "adapter" (peft folder on the base), "moe" (merged
-    #                                          per expert), "model" (a whole model folder)
-    lora_shaped: bool = True                 # the update is B·A per matrix: intruder mitigation applies
+    weights: str = "adapter"                 # spectra views: "adapter" (peft folder on the base: LoRA-shaped,
+    #                                          mitigation writes a checkpoint), "moe" (merged per expert), "model" (a
+    #                                          whole model folder), "merged" (no B·A: training/merged.py loads and
+    #                                          merges the run in memory; DoRA, AdaLoRA)
     check: Callable[..., Any] | None = None  # (cfg, hf_config) -> None; raises SpectrascopeError
     extra_loss: Callable[..., Any] | None = None   # (model) -> tensor added to the task loss
     on_step: Callable[..., Any] | None = None      # (model, step, total) after each optimizer step

@@ -155,7 +155,7 @@ def test_registry_entries():
         m = registry.get(name)
         assert m.default_lr == 1e-3 and m.takes[:4] == ("rank", "alpha", "dropout", "target_modules")
         assert [a.key for a in m.arms] == [name] and m.arms[0].reference == "lora"
-        assert m.weights == ("merged" if name == "dora" else "adapter") and m.lora_shaped == (name != "dora")
+        assert m.weights == ("merged" if name == "dora" else "adapter")
     assert registry.get("corda").needs_task_data
     assert registry.get("corda").describe({"rank": 8}) == "rank 8, ipm, 256 calibration rows"
     assert registry.get("pissa").describe({"rank": 4, "method_options": {"niter": 2}}).startswith("rank 4, random")

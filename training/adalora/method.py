@@ -86,7 +86,7 @@ METHOD = Method(
     default_lr=1e-3,      # LoRA's sweep value (docs/sweep_default.md); the paper's GLUE scripts use 5e-4 to 1.2e-3
     artifact_dir="adapter", attach=attach, save=save, load=load,
     takes=("rank", "alpha", "dropout", "target_modules"), options=AdaLoraOptions,
-    weights="merged", lora_shaped=False, check=check, on_step=on_step, report=report, describe=describe,
+    weights="merged", check=check, on_step=on_step, report=report, describe=describe,
     loss_note="the orthogonality penalty on P and Q (orth_reg_weight, inside peft's forward)",
     step_seconds=0.5,
     arms=(Arm(NAME, "AdaLoRA", NAME, reference="lora"),),

@@ -17,6 +17,6 @@ METHOD = Method(
     summary="weight-decomposed LoRA: a trained magnitude per row times the LoRA-updated direction (peft)",
     default_lr=1e-3, artifact_dir="adapter", attach=attach, save=save_peft, load=load_peft,
     takes=(*ADAPTER_FIELDS, "allocation", "allocation_file"), allocation="ranks", check=check,
-    weights="merged", lora_shaped=False, describe=describe_rank, step_seconds=0.6,
+    weights="merged", describe=describe_rank, step_seconds=0.6,
     arms=(Arm("dora", "DoRA", "dora", reference="lora"),),
 )

@@ -21,7 +21,7 @@ def load(cfg, base, folder):
 METHOD = Method(
     name="full", label="Full fine-tune", summary="every weight trains; the whole model is saved",
     default_lr=1e-4,      # docs/sweep_default.md: best of {3e-5, 1e-4} on the default model
-    artifact_dir="model", attach=attach, save=save, load=load, weights="model", lora_shaped=False,
+    artifact_dir="model", attach=attach, save=save, load=load, weights="model",
     describe=lambda config: "all weights", step_seconds=0.32,
     arms=(Arm("full", "Full fine-tune", "full", reference="lora"),),
 )

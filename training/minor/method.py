@@ -22,7 +22,8 @@ def save(cfg, model, folder) -> None:
 
 METHOD = Method(
     name="minor", label="Minor-component LoRA",
-    summary="LoRA initialised from each matrix's r smallest singular triplets, the principal part frozen (MiLoRA)",
+    summary=("LoRA initialised from each matrix's r smallest singular triplets, the principal part frozen "
+             "(Wang et al. 2024, who call it MiLoRA; not the prompt-routed MiLoRA)"),
     default_lr=1e-3, artifact_dir="adapter", attach=attach, save=save, load=load_peft,
     takes=(*ADAPTER_FIELDS, "allocation", "allocation_file"), allocation="ranks", check=check,
     describe=describe_rank, step_seconds=0.45,
