@@ -135,10 +135,13 @@ def write_figure(summary: list[dict], path: Path) -> None:
     width = 0.8 / len(summary)
     for i, r in enumerate(summary):
         name = f"{label(r['rank'])}, lr {r['lr']:g}"
-        left.errorbar(EPSILONS, [r["sweep"][e] for e in EPSILONS], yerr=[r["sweep_ci"][e] for e in EPSILONS],
-                      marker="o", capsize=2, label=name)
+        means = [r["sweep"][e] for e in EPSILONS]
+        half = [0.0 if np.isnan(r["sweep_ci"][e]) else r["sweep_ci"][e] for e in EPSILONS]
+        below = [min(h, m) for h, m in zip(half, means)]            # a count is never negative: clip at 0
+        left.errorbar(EPSILONS, means, yerr=[below, half], marker="o", capsize=2, label=name)
         right.bar(np.arange(LAYERS) + (i - (len(summary) - 1) / 2) * width, r["per_layer"], width, label=name)
     left.axvline(EPSILON, color="grey", linestyle=":", linewidth=1)
+    left.set_ylim(bottom=0)
     left.set(xlabel="ε", ylabel="intruders (36 matrices, top-10), mean ± 95 % CI",
              title=f"Intruder count vs ε ({summary[0]['n']} seeds)")
     right.set(xlabel="layer", ylabel="intruders at ε = 0.5 (mean over seeds)", title="Per layer (ε = 0.5)",

@@ -1,0 +1,123 @@
+"""Intruder dimensions (ε = 0.5, top-10) of every registered method on the default model, same budget, ≥ 3 seeds."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from study_sweep import ADAPTER, BUDGET, run  # noqa: E402  (the study's budget; runs shared with the sweep)
+
+TOP_K, EPSILON = 10, 0.5
+
+
+def run_name(method) -> str:
+    """Each method at its registry default lr; LoRA and full reuse the sweep's run names (and its runs)."""
+    return f"{method.name}-lr{method.default_lr:g}"
+
+
+def tuned_pairs(method, run_dir: Path):
+    """(info, W0, W) triples of the run's 36 block matrices against the base, however the method stores them.
+
+    A MoE-style run (weights "moe") gives one triple per expert: W0 + s·B_e·A_e, each a rank-r LoRA of its own."""
+    import torch
+
+    from analysis.intruders import match_matrices
+    from analysis.sources import open_source
+
+    base = open_source(None)
+    if method.weights == "moe":
+        from analysis.naming import layer_index, module_kind
+        from analysis.types import MatrixInfo
+        from training.moe_lora import merged_expert_weights
+        from training.trainer import load_artifacts
+
+        model = load_artifacts(run_dir, device="cpu")[0]
+        by_name = {i.name: i for i in base.matrices()}
+        for name, W in merged_expert_weights(model):
+            module, expert = name.rsplit(".experts.", 1)
+            hits = [i for n, i in by_name.items() if (module + ".weight").endswith("." + n) or module + ".weight" == n]
+            info = hits[0] if len(hits) == 1 else MatrixInfo(module + ".weight", layer_index(module + ".weight"),
+                                                             module_kind(module + ".weight"), *W.shape)
+            yield MatrixInfo(f"{info.name} [expert {expert}]", info.layer, info.module, info.rows, info.cols), \
+                torch.from_numpy(base.load_array(info.name)), W
+        return
+    art = run_dir / "artifacts" / method.artifact_dir
+    if method.weights == "adapter":
+        tuned = open_source(None, adapter=art)
+    elif method.weights == "model":
+        tuned = open_source(art)
+    else:
+        from training.merged import merged_source
+
+        tuned = merged_source(run_dir)
+    for b, t in match_matrices(base, tuned):
+        yield b, torch.from_numpy(base.load_array(b.name)), torch.from_numpy(tuned.load_array(t.name))
+
+
+def intruders(method, run_dir: Path) -> dict:
+    """Block-matrix intruders at ε = 0.5 (for MoE-style runs: summed over experts, and per expert on average)."""
+    from analysis.intruders import compare_matrices
+
+    cached = run_dir / "intruders_methods.json"
+    if cached.is_file() and cached.stat().st_mtime >= (run_dir / "artifacts").stat().st_mtime:
+        return json.loads(cached.read_text())
+    report = compare_matrices(tuned_pairs(method, run_dir), top_k=TOP_K, epsilon=EPSILON)
+    blocks = report.block_comparisons
+    experts = max(1, len(blocks) // 36)
+    out = {"total": report.total, "matrices": len(blocks), "per_lora": report.total / experts,
+           "matrices_with": sum(bool(c.intruders(EPSILON)) for c in blocks)}
+    cached.write_text(json.dumps(out))
+    return out
+
+
+def main() -> int:
+    from analysis.config import data_dir
+    from training import registry
+    from training.metrics import mean_ci
+
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--methods", default=",".join(registry.names()), help="comma-separated (default: all)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--out-dir", type=Path, default=None, help="run folders (default: data dir/sweep)")
+    args = p.parse_args()
+    out_dir = (args.out_dir or data_dir() / "sweep").resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0, rows = time.time(), []
+    for name in args.methods.split(","):
+        method = registry.get(name.strip())
+        overrides = registry.config_for(method.name, {**ADAPTER, "lr": method.default_lr})
+        overrides.pop("method")
+        runs = []
+        for seed in range(args.seeds):
+            row = run(run_name(method), method.name, overrides, seed, out_dir)
+            runs.append({**row, **intruders(method, out_dir / f"{run_name(method)}-s{seed}")})
+        acc, total, per = (mean_ci([r[k] for r in runs]) for k in ("test_acc", "total", "per_lora"))
+        rows.append({"method": method.label, "lr": method.default_lr, "n": len(runs), "acc": acc, "total": total,
+                     "per_lora": per, "totals": [r["total"] for r in runs], "params": runs[0]["trainable"],
+                     "experts": runs[0]["total"] != runs[0]["per_lora"] or method.weights == "moe"})
+        print(f"[{method.label}] intruders {[r['total'] for r in runs]}, acc {[round(r['test_acc'], 3) for r in runs]}",
+              file=sys.stderr, flush=True)
+    print(f"\nbudget: {json.dumps(BUDGET)}, adapters {json.dumps(ADAPTER)}, each method at its default lr; "
+          f"{args.seeds} seeds; {time.time() - t0:.0f} s\n")
+    print("| method | lr | seeds | trainable params | test acc (mean ± 95 % CI) | intruders ε = 0.5, 36 block "
+          "matrices (mean ± 95 % CI) | per seed |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        count = (f"{r['per_lora'].mean:.1f} ± {r['per_lora'].half_width:.1f} per expert "
+                 f"({r['total'].mean:.1f} over all experts)" if r["experts"]
+                 else f"{r['total'].mean:.1f} ± {r['total'].half_width:.1f}")
+        print(f"| {r['method']} | {r['lr']:g} | {r['n']} | {r['params']:,} | {r['acc'].mean:.3f} ± "
+              f"{r['acc'].half_width:.3f} | {count} | {' '.join(str(t) for t in r['totals'])} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
