@@ -1,22 +1,25 @@
 """Allocate experts page: AlphaLoRA, uniform, MoLA or hand-edited experts per layer, parameters, ranks, export."""
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-from dataclasses import dataclass
+from functools import partial
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 from analysis import allocation as al
+from analysis import allocation_edits as ed
 from analysis import allocation_store as store
-from analysis.types import MatrixInfo, SpectrascopeError
+from analysis.allocation_plan import (ModelFacts, Settings, base_allocation, comparison, comparison_records, describe,
+                                      edited_allocation, model_facts, sum_problem, target)
+from analysis.types import SpectrascopeError
 from app import charts, common
+from app.charts_allocate import allocation_figure, comparison_figure
 from app.page_allocate_adalora import section as adalora_section
 
-VIEW_NAMES = ("strategy", "budget", "beta", "mola", "min_experts", "max_experts")   # kept in the URL
+EDITS = "edits"                 # the hand edits, "layer:count" pairs (analysis.allocation_edits.format_edits)
+VIEW_NAMES = ("strategy", "budget", "beta", "mola", "min_experts", "max_experts", EDITS)   # kept in the URL
 common.register_view_keys(*VIEW_NAMES)
 
 STRATEGIES = {"alphalora": "AlphaLoRA (α-driven)", "uniform": "Uniform", "mola": "MoLA preset",
@@ -25,270 +28,89 @@ CUSTOM = "custom…"
 PATTERNS = ["2468", "8642", "5555", "8228", "2882", "4444", "6532", "6226", "2356", "2662", "8888"]
 DEFAULT_PATTERN = "2468"
 BUDGET_MAX_PER_LAYER = 16          # the budget slider goes up to 16 × layers
-EDITOR_PREFIX = "alloc_editor_"
+BETA_MAX = 5.0
+EDITOR = "alloc_editor"            # the table's key: EDITOR_<generation>, a new generation only to drop its edits
 EXPERTS_COL, SCORE_COL, RANK_COL = "experts", "α score", "LoRA rank"
-COLOURS = {"AlphaLoRA": "#1f77b4", "uniform": "#7f7f7f", "MoLA": "#ff7f0e", "α": "#d62728"}
+_GENERATION = "_alloc_editor_gen"
+_EDITS_OF = "_alloc_edits_of"      # the base allocation the hand edits were made on
+DROPPED = "Hand edits dropped: the table now shows the new settings' allocation."
 
 
-@dataclass(frozen=True)
-class Settings:
-    """What the controls ask for."""
+# ---------------------------------------------------------------- hand edits (session view + URL)
 
-    strategy: str               # alphalora | uniform | mola | manual
-    budget: int
-    beta: float
-    min_experts: int
-    max_experts: int | None
-    pattern: str                # MoLA digits as typed (validated by analysis.allocation)
-
-    @property
-    def mola(self) -> str:
-        return f"mola:{self.pattern}"
+def editor_key() -> str:
+    """The table's widget key: the same across reruns, slider moves and edits, so the browser keeps its table (a
+    replaced table's first cell editor may open without focus in Streamlit's grid); a new one only to drop the
+    table's own edits."""
+    return f"{EDITOR}_{st.session_state.get(_GENERATION, 0)}"
 
 
-@dataclass(frozen=True)
-class ModelFacts:
-    """What the allocation needs from an analysis: layers, scores, matrix shapes, parameter count."""
-
-    label: str
-    n_layers: int
-    scores: list[float] | None
-    scores_problem: str | None
-    matrices: list[MatrixInfo]
-    model_params: int
-    kinds: list[str]            # adaptable linear kinds present in the layers
+def table_cells() -> dict[int, ed.Value]:
+    """The experts the table's own edit state holds ({layer: value}: what was typed since it was drawn)."""
+    state = st.session_state.get(editor_key()) or {}
+    return ed.edited_cells(state.get("edited_rows"), EXPERTS_COL)
 
 
-# ---------------------------------------------------------------- pure helpers (no widgets)
+def drop_hand_edits() -> None:
+    """Forget the hand edits. Streamlit cannot clear a table's edits in place: a table holding some is replaced."""
+    common.set_view(EDITS, None)
+    if table_cells():
+        st.session_state[_GENERATION] = st.session_state.get(_GENERATION, 0) + 1
 
-def model_facts(result) -> ModelFacts:
-    """Layer count, AlphaLoRA layer scores (or why they are unusable), matrices and parameter count of an analysis."""
-    df = result.matrices
-    mats = [MatrixInfo(str(n), None if pd.isna(layer) else int(layer), str(mod), int(r), int(c))
-            for n, layer, mod, r, c in zip(df["name"], df["layer"], df["module"], df["rows"], df["cols"])]
-    n_layers = al.n_layers_of(mats)
-    scores, problem = None, None
+
+def hand_edits(m: ModelFacts, base: al.Allocation) -> dict[int, ed.Value]:
+    """The hand edits of this base allocation: the view's (restored from the URL on a refresh) with the table's
+    edits applied, written back to the view. Edits made on another base (a slider moved, another strategy or
+    model) are dropped."""
+    owner = json.dumps([m.label, m.n_layers, base.strategy, base.experts])
+    if st.session_state.get(_EDITS_OF) not in (None, owner) and (common.view(EDITS) or table_cells()):
+        drop_hand_edits()
+        st.toast(DROPPED, icon=":material/restart_alt:")
+    st.session_state[_EDITS_OF] = owner
+    asked = common.view(EDITS)
     try:
-        raw = result.layer_scores()
-    except (KeyError, AttributeError):
-        raw = []
-    bad = [i for i, s in enumerate(raw) if not (isinstance(s, float) and math.isfinite(s) and s > 0)]
-    if len(raw) != n_layers:
-        problem = (f"the analysis has layer scores for {len(raw)} of {n_layers} layers, so AlphaLoRA cannot "
-                   "allocate; choose uniform, a MoLA preset or manual.")
-    elif bad:
-        problem = (f"layers {bad} have no usable AlphaLoRA score (no power-law fit), so AlphaLoRA cannot allocate; "
-                   "choose uniform, a MoLA preset or manual.")
+        edits = ed.parse_edits(asked, m.n_layers)
+    except SpectrascopeError as err:
+        common.url_fallback(EDITS, asked, "no hand edits", f"cannot be used here ({str(err).rstrip('.')})")
+        edits = {}
     else:
-        scores = list(raw)
-    model_params = result.num_parameters or sum(m.rows * m.cols for m in mats)
-    kinds = [k for k in al.LINEAR_KINDS if any(m.module == k and m.layer is not None for m in mats)]
-    return ModelFacts(result.model, n_layers, scores, problem, mats, int(model_params), kinds)
+        common.url_checked(EDITS)
+    edits = ed.merge_edits(edits, table_cells(), base.experts)
+    common.set_view(EDITS, ed.format_edits(edits))
+    return edits
 
 
-def base_allocation(s: Settings, m: ModelFacts) -> al.Allocation:
-    """The allocation the controls describe (before hand edits); raises SpectrascopeError on bad settings."""
-    if s.strategy == "alphalora":
-        if m.scores is None:
-            raise SpectrascopeError(m.scores_problem)
-        return al.allocate("alphalora", scores=m.scores, budget=s.budget, beta=s.beta, min_experts=s.min_experts,
-                           max_experts=s.max_experts, model=m.label)
-    if s.strategy == "uniform":
-        return al.allocate("uniform", scores=m.scores, n_layers=m.n_layers, budget=s.budget,
-                           min_experts=s.min_experts, max_experts=s.max_experts, model=m.label)
-    if s.strategy == "mola":
-        return al.allocate(s.mola, scores=m.scores, n_layers=m.n_layers, model=m.label)
-    seed = al.uniform(m.n_layers, s.budget, s.min_experts, s.max_experts)      # manual starts from uniform
-    alloc = al.allocate("manual", experts=seed, scores=m.scores, n_layers=m.n_layers, model=m.label)
-    alloc.params = {"target": s.budget}
-    return alloc
-
-
-def describe(alloc: al.Allocation) -> str:
-    """A short human name: 'AlphaLoRA (β = 2.5)', 'uniform', 'MoLA 2468', 'manual (edited from AlphaLoRA)'."""
-    if alloc.strategy == "alphalora":
-        return f"AlphaLoRA (β = {alloc.params.get('beta', al.DEFAULT_BETA):g})"
-    if alloc.strategy.startswith("mola:"):
-        return f"MoLA {alloc.strategy[5:]}"
-    source = alloc.params.get("edited_from")
-    if alloc.strategy == "manual" and source:
-        return f"manual (edited from {'AlphaLoRA' if source == 'alphalora' else source.replace('mola:', 'MoLA ')})"
-    return alloc.strategy
-
-
-def read_counts(values) -> list[int]:
-    """Expert counts typed into the table: whole numbers ≥ 0, else one SpectrascopeError naming every bad layer."""
-    bad = []
-    counts = []
-    for layer, v in enumerate(values):
-        try:
-            x = float(v)
-        except (TypeError, ValueError):
-            x = float("nan")
-        if not math.isfinite(x) or x < 0 or not x.is_integer():
-            empty = v is None or (isinstance(v, float) and math.isnan(v))
-            bad.append(f"layer {layer}: " + ("empty" if empty else f"{x:g}" if math.isfinite(x) else repr(v)))
-        else:
-            counts.append(int(x))
-    if bad:
-        raise SpectrascopeError("expert counts must be whole numbers ≥ 0 — fix " + "; ".join(bad[:8])
-                                + (f" (and {len(bad) - 8} more)" if len(bad) > 8 else "") + ".")
-    return counts
-
-
-def edited_allocation(base: al.Allocation, counts: list[int], target: int) -> al.Allocation:
-    """The table's counts as an allocation: the base itself if unchanged, else a manual one that says where it came
-    from."""
-    if counts == base.experts:
-        return base
-    alloc = al.allocate("manual", experts=counts, scores=base.scores, n_layers=len(base.experts), model=base.model)
-    alloc.params = {"edited_from": base.strategy, "target": target, **{k: v for k, v in base.params.items()
-                                                                      if k in ("budget", "beta", "min", "max")}}
-    return alloc
-
-
-def sum_problem(counts: list[int], target: int, s: Settings) -> str | None:
-    """A warning when the hand-edited counts miss the budget or leave the [min, max] range, else None."""
-    notes = []
-    diff = sum(counts) - target
-    if diff:
-        notes.append(f"The experts sum to {sum(counts)}, {abs(diff)} {'more' if diff > 0 else 'fewer'} than the "
-                     f"budget of {target}: {'remove' if diff > 0 else 'add'} {abs(diff)} to match it (or keep it "
-                     "on purpose: the allocation is saved as typed).")
-    if s.strategy != "mola":
-        low = [i for i, c in enumerate(counts) if c < s.min_experts]
-        high = [i for i, c in enumerate(counts) if s.max_experts is not None and c > s.max_experts]
-        if low:
-            notes.append(f"Layers {low} are below the minimum of {s.min_experts}.")
-        if high:
-            notes.append(f"Layers {high} are above the maximum of {s.max_experts}.")
-        if 0 in counts:
-            notes.append(f"Layers {[i for i, c in enumerate(counts) if c == 0]} have no experts (no adapter).")
-    return " ".join(notes) or None
-
-
-def comparison(s: Settings, m: ModelFacts, rank: int, modules: list[str]) -> list[dict]:
-    """AlphaLoRA vs uniform vs the chosen MoLA preset: experts per layer and trainable parameters (or the error)."""
-    rows = []
-    for name, strategy in (("AlphaLoRA", "alphalora"), ("uniform", "uniform"), ("MoLA", "mola")):
-        try:
-            alloc = base_allocation(Settings(strategy, s.budget, s.beta, s.min_experts, s.max_experts, s.pattern), m)
-            count = al.count_trainable_params(m.matrices, alloc.experts, rank, modules, m.model_params)
-            rows.append({"name": name, "strategy": describe(alloc), "experts": alloc.experts, "count": count})
-        except SpectrascopeError as err:
-            rows.append({"name": name, "strategy": f"MoLA {s.pattern}" if strategy == "mola" else name,
-                         "error": str(err)})
-    return rows
-
-
-def comparison_table(rows: list[dict]) -> pd.DataFrame:
-    out = []
-    for r in rows:
-        if "error" in r:
-            out.append({"strategy": r["strategy"], "total experts": None, "experts per layer": "—",
-                        "LoRA experts": None, "routers": None, "trainable total": None, "share of model": None,
-                        "note": r["error"]})
-            continue
-        c, e = r["count"], r["experts"]
-        out.append({"strategy": r["strategy"], "total experts": sum(e), "experts per layer": f"{min(e)}–{max(e)}",
-                    "LoRA experts": c.experts, "routers": c.routers, "trainable total": c.total,
-                    "share of model": None if c.share is None else 100 * c.share, "note": ""})
-    df = pd.DataFrame(out)
-    return df if df["note"].astype(bool).any() else df.drop(columns="note")
-
-
-def allocation_figure(experts: list[int], scores: list[float] | None, title: str, height: int = 380) -> go.Figure:
-    """Experts per layer (bars) with the AlphaLoRA layer score α on a second y axis (built without make_subplots,
-    which alone costs ~20 ms per rerun)."""
-    layers = list(range(len(experts)))
-    data = [go.Bar(x=layers, y=experts, name="experts", marker_color=COLOURS["AlphaLoRA"], opacity=0.75,
-                   customdata=layers, hovertemplate="layer %{x}: %{y} experts<extra></extra>")]
-    if scores is not None:
-        data.append(go.Scatter(x=layers, y=scores, name="layer score α", mode="lines+markers", yaxis="y2",
-                               line=dict(color=COLOURS["α"], width=2), marker=dict(size=6),
-                               hovertemplate="layer %{x}: α = %{y:.3f}<extra></extra>"))
-    layout = dict(
-        title=dict(text=title, x=0, xanchor="left"), height=height, hovermode="x unified", bargap=0.15,
-        margin=dict(l=70, r=70, t=60, b=60), font=dict(size=13),
-        legend=dict(orientation="h", x=1, xanchor="right", y=1.02, yanchor="bottom"),
-        xaxis=dict(title=dict(text=charts.LAYER_AXIS), dtick=1 if len(layers) <= 40 else None),
-        yaxis=dict(title=dict(text="experts in the layer"), rangemode="tozero"),
-        yaxis2=dict(title=dict(text="layer score α (mean PL_Alpha_Hill)"), overlaying="y", side="right",
-                    showgrid=False, tickmode="auto", nticks=6, tickformat=".2f"))
-    return go.Figure(data=data, layout=layout)
-
-
-def comparison_figure(rows: list[dict], height: int = 380) -> go.Figure:
-    """Grouped bars: experts per layer of each compared strategy."""
-    fig = go.Figure()
-    for r in rows:
-        if "error" in r:
-            continue
-        layers = list(range(len(r["experts"])))
-        fig.add_trace(go.Bar(x=layers, y=r["experts"], name=f"{r['strategy']} · Σ {sum(r['experts'])}",
-                             marker_color=COLOURS[r["name"]], customdata=layers,
-                             hovertemplate=f"layer %{{x}}: %{{y}} experts ({r['strategy']})<extra></extra>"))
-    n = max((len(r["experts"]) for r in rows if "experts" in r), default=0)
-    fig.update_layout(barmode="group", height=height, title=dict(text="Experts per layer by strategy", x=0),
-                      xaxis=dict(title=charts.LAYER_AXIS, dtick=1 if n <= 40 else None),
-                      yaxis=dict(title="experts in the layer", rangemode="tozero"), hovermode="x unified",
-                      margin=dict(l=70, r=30, t=60, b=60), font=dict(size=13),
-                      legend=dict(orientation="h", x=1, xanchor="right", y=1.02, yanchor="bottom"))
-    return fig
-
-
-def editor_frame(m: ModelFacts, experts: list[int], ranks: list[int] | None) -> pd.DataFrame:
+def editor_frame(m: ModelFacts, column: list, ranks: list[int] | None) -> pd.DataFrame:
     df = pd.DataFrame({"layer": range(m.n_layers), SCORE_COL: m.scores if m.scores is not None else [None] * m.n_layers,
-                       EXPERTS_COL: [float(e) for e in experts]})
+                       EXPERTS_COL: column})
     if ranks is not None:
         df[RANK_COL] = ranks
     return df
 
 
-def editor_key(m: ModelFacts, base: al.Allocation, generation: int) -> str:
-    """The table's widget key: new (edits dropped) when the base allocation or the model changes, or on reset."""
-    sig = json.dumps([m.label, m.n_layers, base.strategy, base.experts, generation])
-    return EDITOR_PREFIX + hashlib.sha1(sig.encode()).hexdigest()[:12]
-
-
 # ---------------------------------------------------------------- widgets bound to the URL view
 
-def _seed_from_url() -> None:
-    """The page registers its URL names after common.init_view ran; seed them from the URL the first time."""
-    if st.session_state.get("_alloc_view_seeded"):
-        return
-    for name in VIEW_NAMES:
-        if name in st.query_params and f"view_{name}" not in st.session_state:
-            common.set_view(name, st.query_params[name])
-    st.session_state["_alloc_view_seeded"] = True
+def view_number(name: str, default, lo, hi=None, whole: bool = True):
+    """The view setting `name` as a number in [lo, hi] (whole, or rounded to 0.01); a link's value outside the
+    range is clamped and said above the page, an unreadable one replaced by `default` and said."""
+    def parse(text: str):
+        x = float(text)
+        if not math.isfinite(x):
+            raise ValueError(text)
+        value = int(x) if whole else round(x, 2)
+        shown = max(lo, value if hi is None else min(hi, value))
+        if shown != value:
+            common.url_fallback(name, text, f"{shown:g}", f"is outside {lo:g}–{'∞' if hi is None else f'{hi:g}'}")
+        else:
+            common.url_checked(name)
+        return shown
+
+    return common.parsed_view(name, default, parse)
 
 
-def _bound(widget, label: str, name: str, current, **kw):
-    """A widget whose value is the view setting `name` (`current`: already parsed and clamped by the caller)."""
-    key = f"w_{name}"
-    st.session_state[key] = current
-    common.set_view(name, current)
-
-    def changed() -> None:
-        common.set_view(name, st.session_state[key])
-
-    return widget(label, key=key, on_change=changed, **kw)
-
-
-def _view_int(name: str, default: int | None, lo: int, hi: int | None) -> int | None:
-    try:
-        value = int(float(common.view(name)))
-    except (TypeError, ValueError):
-        return default
-    return max(lo, value if hi is None else min(hi, value))
-
-
-def _view_float(name: str, default: float, lo: float, hi: float) -> float:
-    try:
-        value = float(common.view(name))
-    except (TypeError, ValueError):
-        return default
-    return min(hi, max(lo, round(value, 2))) if math.isfinite(value) else default
+def view_beta() -> float:
+    """β from the view (the slider's value, also used by the AdaLoRA section)."""
+    return view_number("beta", al.DEFAULT_BETA, 0.0, BETA_MAX, whole=False)
 
 
 def controls(m: ModelFacts) -> Settings:
@@ -314,21 +136,21 @@ def controls(m: ModelFacts) -> Settings:
                                 help="One digit 0–9 per block, e.g. 13579 for 5 blocks.").strip()
     is_mola = strategy == "mola"
     d1, d2, d3, d4 = st.columns([4, 3, 1.3, 1.3])
-    budget = _bound(d1.slider, "Total expert budget T", "budget",
-                    _view_int("budget", al.DEFAULT_EXPERTS_PER_LAYER * n, 0, BUDGET_MAX_PER_LAYER * n),
-                    min_value=0, max_value=BUDGET_MAX_PER_LAYER * n, step=1, disabled=is_mola,
-                    help=f"Σ experts over the {n} layers (default 5 × layers = {5 * n}). MoLA presets fix their "
-                         "own total.")
-    beta = _bound(d2.slider, "β (AlphaLoRA exponent)", "beta", _view_float("beta", al.DEFAULT_BETA, 0.0, 5.0),
-                  min_value=0.0, max_value=5.0, step=0.1,
-                  help="share_l ∝ α_l^β. 0 = uniform, 2.5 = published default, larger = more concentrated. "
-                       "Also drives the α-driven ranks.")
-    lo = _bound(d3.number_input, "Min / layer", "min_experts", _view_int("min_experts", 1, 0, None),
-                min_value=0, step=1, disabled=is_mola, help="At least this many experts in every layer (0 = a layer "
-                                                            "may get no adapter).")
-    hi = _bound(d4.number_input, "Max / layer", "max_experts", _view_int("max_experts", None, 0, None),
-                min_value=0, step=1, value=None, placeholder="none", disabled=is_mola,
-                help="At most this many experts in a layer (empty = no maximum).")
+    budget = common.bound(
+        d1.slider, "Total expert budget T", "budget",
+        view_number("budget", al.DEFAULT_EXPERTS_PER_LAYER * n, 0, BUDGET_MAX_PER_LAYER * n),
+        min_value=0, max_value=BUDGET_MAX_PER_LAYER * n, step=1, disabled=is_mola,
+        help=f"Σ experts over the {n} layers (default 5 × layers = {5 * n}). MoLA presets fix their own total.")
+    beta = common.bound(
+        d2.slider, "β (AlphaLoRA exponent)", "beta", view_beta(), min_value=0.0, max_value=BETA_MAX, step=0.1,
+        help="share_l ∝ α_l^β. 0 = uniform, 2.5 = published default, larger = more concentrated. Also drives the "
+             "α-driven ranks.")
+    lo = common.bound(d3.number_input, "Min / layer", "min_experts", view_number("min_experts", 1, 0),
+                      min_value=0, step=1, disabled=is_mola,
+                      help="At least this many experts in every layer (0 = a layer may get no adapter).")
+    hi = common.bound(partial(d4.number_input, value=None), "Max / layer", "max_experts",   # value=None: clearable
+                      view_number("max_experts", None, 0), min_value=0, step=1, placeholder="none", disabled=is_mola,
+                      help="At most this many experts in a layer (empty = no maximum).")
     return Settings(strategy, int(budget), float(beta), int(lo), None if hi is None else int(hi), pattern)
 
 
@@ -435,10 +257,69 @@ def export_section(alloc: al.Allocation, m: ModelFacts) -> None:
 
 
 def main() -> None:
-    _seed_from_url()
     st.title("Allocate experts")
     allocation_sections()
-    adalora_section(_view_float("beta", al.DEFAULT_BETA, 0.0, 5.0))
+    adalora_section(view_beta())
+
+
+def table_section(m: ModelFacts, s: Settings, base: al.Allocation, ranks: dict | None, total: int,
+                  left, status_box) -> al.Allocation | None:
+    """The experts table (hand edits kept in the view and the URL), Σ against the budget and the problems with
+    it; the allocation it describes, or None when a count is unusable."""
+    edits = hand_edits(m, base)
+    own = table_cells()
+    shown = {layer: value for layer, value in edits.items() if layer not in own}   # the table shows its own
+    with left:
+        st.markdown("**Experts per layer** — double-click an *experts* cell to hand-tune it (the result becomes a "
+                    "manual allocation; hand edits stay in the link).")
+        st.data_editor(
+            editor_frame(m, ed.apply_edits(base.experts, shown), None if ranks is None else ranks["ranks"]),
+            key=editor_key(), num_rows="fixed", hide_index=True, width="stretch",
+            height=min(38 + 35 * m.n_layers, 390), disabled=["layer", SCORE_COL, RANK_COL],
+            column_config={"layer": st.column_config.NumberColumn("layer", format="%d"),
+                           SCORE_COL: st.column_config.NumberColumn(SCORE_COL, format="%.3f",
+                                                                    help="AlphaLoRA layer score"),
+                           EXPERTS_COL: st.column_config.NumberColumn(EXPERTS_COL, min_value=0, step=1,
+                                                                      format="%d", required=True),
+                           RANK_COL: st.column_config.NumberColumn(RANK_COL, format="%d",
+                                                                   help="α-driven LoRA rank")})
+        st.button("Reset hand edits", icon=":material/restart_alt:", on_click=drop_hand_edits,
+                  disabled=not edits, help="Back to the strategy's allocation" if edits else "No hand edits")
+    with status_box:
+        try:
+            counts = ed.read_counts(ed.apply_edits(base.experts, edits))
+        except SpectrascopeError as err:
+            st.metric("Σ experts / budget", f"— / {total}")
+            st.error(str(err), icon=":material/error:")
+            return None
+        diff = sum(counts) - total
+        st.metric("Σ experts / budget", f"{sum(counts)} / {total}",
+                  delta=None if not diff else f"{diff:+d} vs budget", delta_color="inverse" if diff else "off",
+                  help="The sum of the experts column against the budget (a MoLA preset's own total)")
+        problem = sum_problem(counts, total, s)
+        if problem:
+            st.warning(problem, icon=":material/warning:")
+        current = edited_allocation(base, counts, total)
+        st.caption(f"Allocation: **{describe(current)}** · top-k routing: 2 experts per token (1 where a layer has "
+                   "a single expert)")
+    return current
+
+
+def comparison_section(m: ModelFacts, s: Settings, rank: int, modules: list[str]) -> None:
+    """AlphaLoRA, uniform and the MoLA preset side by side: experts per layer and trainable parameters."""
+    st.subheader("AlphaLoRA vs uniform vs MoLA")
+    rows = comparison(s, m, rank, modules or m.kinds)
+    st.plotly_chart(comparison_figure(rows), key="alloc_compare_chart", width="stretch")
+    table = pd.DataFrame(comparison_records(rows))
+    if not table["note"].astype(bool).any():
+        table = table.drop(columns="note")
+    st.dataframe(table, hide_index=True, width="stretch", column_config={
+        "LoRA experts": st.column_config.NumberColumn(format="localized"),
+        "routers": st.column_config.NumberColumn(format="localized"),
+        "trainable total": st.column_config.NumberColumn(format="localized"),
+        "share of model": st.column_config.NumberColumn("share of model (%)", format="%.3f")})
+    st.caption(f"Same budget, minimum and maximum for AlphaLoRA and uniform; MoLA {s.pattern} has its own total. "
+               f"Parameters for rank r = {rank} on {', '.join(modules or m.kinds)}.")
 
 
 def allocation_sections() -> None:
@@ -465,46 +346,13 @@ def allocation_sections() -> None:
     except SpectrascopeError as err:
         st.error(str(err), icon=":material/error:")
         return
-    target = base.total if s.strategy == "mola" else s.budget
     with table_box:
         left, status_box = st.columns([3, 2], gap="large")
     rank, modules = param_settings(m, params_box)
     ranks = rank_settings(m, s, rank_box)
-    gen = st.session_state.setdefault("_alloc_editor_gen", 0)
-    with left:
-        st.markdown("**Experts per layer** — edit the *experts* column to hand-tune (the result becomes a "
-                    "manual allocation).")
-        edited = st.data_editor(
-            editor_frame(m, base.experts, None if ranks is None else ranks["ranks"]),
-            key=editor_key(m, base, gen), num_rows="fixed", hide_index=True, width="stretch",
-            height=min(38 + 35 * m.n_layers, 390), disabled=["layer", SCORE_COL, RANK_COL],
-            column_config={"layer": st.column_config.NumberColumn("layer", format="%d"),
-                           SCORE_COL: st.column_config.NumberColumn(SCORE_COL, format="%.3f",
-                                                                    help="AlphaLoRA layer score"),
-                           EXPERTS_COL: st.column_config.NumberColumn(EXPERTS_COL, min_value=0, step=1,
-                                                                      format="%d", required=True),
-                           RANK_COL: st.column_config.NumberColumn(RANK_COL, format="%d",
-                                                                   help="α-driven LoRA rank")})
-        if st.button("Reset hand edits", icon=":material/restart_alt:"):
-            st.session_state["_alloc_editor_gen"] = gen + 1
-            st.rerun()
-    with status_box:
-        try:
-            counts = read_counts(edited[EXPERTS_COL].tolist())
-        except SpectrascopeError as err:
-            st.metric("Σ experts / budget", f"— / {target}")
-            st.error(str(err), icon=":material/error:")
-            return
-        diff = sum(counts) - target
-        st.metric("Σ experts / budget", f"{sum(counts)} / {target}",
-                  delta=None if not diff else f"{diff:+d} vs budget", delta_color="inverse" if diff else "off",
-                  help="The sum of the experts column against the budget (a MoLA preset's own total)")
-        problem = sum_problem(counts, target, s)
-        if problem:
-            st.warning(problem, icon=":material/warning:")
-        current = edited_allocation(base, counts, target)
-        st.caption(f"Allocation: **{describe(current)}** · top-k routing: 2 experts per token (1 where a layer has "
-                   "a single expert)")
+    current = table_section(m, s, base, ranks, target(s, base), left, status_box)
+    if current is None:
+        return
     try:
         if not modules:
             raise SpectrascopeError("pick at least one adapted module kind to count parameters.")
@@ -530,17 +378,7 @@ def allocation_sections() -> None:
                            f"{ranks['ratio']:g} × r.")
                 with st.expander("peft LoraConfig kwargs"):
                     st.json(current.lora_config, expanded=False)
-
-    st.subheader("AlphaLoRA vs uniform vs MoLA")
-    rows = comparison(s, m, rank, modules or m.kinds)
-    st.plotly_chart(comparison_figure(rows), key="alloc_compare_chart", width="stretch")
-    st.dataframe(comparison_table(rows), hide_index=True, width="stretch", column_config={
-        "LoRA experts": st.column_config.NumberColumn(format="localized"),
-        "routers": st.column_config.NumberColumn(format="localized"),
-        "trainable total": st.column_config.NumberColumn(format="localized"),
-        "share of model": st.column_config.NumberColumn("share of model (%)", format="%.3f")})
-    st.caption(f"Same budget, minimum and maximum for AlphaLoRA and uniform; MoLA {s.pattern} has its own total. "
-               f"Parameters for rank r = {rank} on {', '.join(modules or m.kinds)}.")
+    comparison_section(m, s, rank, modules)
     export_section(current, m)
 
 

@@ -1,41 +1,16 @@
 """Allocate page section: a finished AdaLoRA run's learned ranks per layer beside the α-driven allocation."""
 from __future__ import annotations
 
-import plotly.graph_objects as go
 import streamlit as st
 
 from analysis.types import SpectrascopeError
-from app import charts
+from app.charts_allocate import learned_vs_predicted_figure
 from training.adalora import compare
 
-COLOURS = {"learned": "#2ca02c", "predicted": "#1f77b4", "α": "#d62728"}
 HOW_TO = ("No finished AdaLoRA run yet. Train one from the shell — `python -m training submit --method adalora "
           "--max-steps 200 --wait` (add `--set target_r=4` or `--set tinit=10` to change its budget or schedule) — "
           "or on the **Train** page (method *AdaLoRA*). Its learned ranks then appear here beside the α-driven "
           "allocation of the same budget.")
-
-
-def figure(cmp: compare.LearnedVsPredicted, height: int = 380) -> go.Figure:
-    """Grouped bars per layer (learned, predicted) with the layer α score on a second axis."""
-    layers = [r["layer"] for r in cmp.rows]
-    data = [go.Bar(x=layers, y=[r["learned"] for r in cmp.rows], name=f"learned (AdaLoRA) · Σ {cmp.total}",
-                   marker_color=COLOURS["learned"], hovertemplate="layer %{x}: learned rank %{y}<extra></extra>"),
-            go.Bar(x=layers, y=[r["predicted"] for r in cmp.rows], name=f"predicted (α, β = {cmp.beta:g}) · "
-                   f"Σ {cmp.total}", marker_color=COLOURS["predicted"],
-                   hovertemplate="layer %{x}: α-predicted rank %{y}<extra></extra>"),
-            go.Scatter(x=layers, y=[r["alpha_score"] for r in cmp.rows], name="layer score α", yaxis="y2",
-                       mode="lines+markers", line=dict(color=COLOURS["α"], width=2),
-                       hovertemplate="layer %{x}: α = %{y:.3f}<extra></extra>")]
-    layout = dict(
-        barmode="group", height=height, hovermode="x unified", bargap=0.2, font=dict(size=13),
-        title=dict(text=f"Learned vs predicted rank per layer — {cmp.run}", x=0, xanchor="left"),
-        margin=dict(l=70, r=70, t=60, b=60),
-        legend=dict(orientation="h", x=1, xanchor="right", y=1.02, yanchor="bottom"),
-        xaxis=dict(title=dict(text=charts.LAYER_AXIS), dtick=1 if len(layers) <= 40 else None),
-        yaxis=dict(title=dict(text="Σ rank over the layer's adapted matrices"), rangemode="tozero"),
-        yaxis2=dict(title=dict(text="layer score α (mean PL_Alpha_Hill)"), overlaying="y", side="right",
-                    showgrid=False, nticks=6, tickformat=".2f"))
-    return go.Figure(data=data, layout=layout)
 
 
 def _label(run) -> str:
@@ -65,7 +40,7 @@ def section(beta: float) -> None:
               help="AdaLoRA's final ranks summed; the α-driven allocation gets exactly this budget")
     c3.metric("AdaLoRA budget", "—" if cmp.target is None else f"{cmp.total} / {cmp.target}",
               help=f"final Σ rank / target_r × {cmp.matrices} adapted matrices")
-    st.plotly_chart(figure(cmp), key="alloc_adalora_chart", width="stretch")
+    st.plotly_chart(learned_vs_predicted_figure(cmp), key="alloc_adalora_chart", width="stretch")
     st.dataframe(cmp.frame(), hide_index=True, width="stretch", column_config={
         "alpha_score": st.column_config.NumberColumn("α score", format="%.3f"),
         "learned": st.column_config.NumberColumn("learned rank", format="%d"),

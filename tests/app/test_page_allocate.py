@@ -10,7 +10,6 @@ import pytest
 
 from analysis import allocation as al
 from analysis import allocation_store as store
-from analysis.types import SpectrascopeError
 from app import page_allocate as page
 from tests.helpers import ok
 
@@ -217,6 +216,46 @@ def test_reset_hand_edits(app):
     assert metrics(at)["Σ experts / budget"] == "30 / 30" and not at.warning
 
 
+def test_hand_edits_live_in_the_url_and_a_link_restores_them(app):
+    at = open_page(app)
+    before = experts(at)
+    edit(at, {0: {"experts": before[0] + 3}})
+    assert qp(at, "edits") == f"0:{before[0] + 3}"
+    # a refresh (a new session on the same URL) shows the same hand edit
+    again = open_page(app, edits=f"0:{before[0] + 3}")
+    assert experts(again) == [before[0] + 3] + before[1:]
+    assert metrics(again)["Σ experts / budget"] == "33 / 30"
+    assert any("3 more than the budget of 30" in w.value for w in again.warning)
+    assert "manual (edited from AlphaLoRA)" in figures(again)[0]["layout"]["title"]["text"]
+    # an edit in the restored table adds to the link's; Reset drops both, and the link forgets them
+    edit(again, {1: {"experts": before[1] - 3}})
+    assert metrics(again)["Σ experts / budget"] == "30 / 30"
+    assert qp(again, "edits") == f"0:{before[0] + 3},1:{before[1] - 3}"
+    labelled(again.button, "Reset hand edits").click().run()
+    ok(again)
+    assert experts(again) == before and metrics(again)["Σ experts / budget"] == "30 / 30"
+    assert "edits" not in again.query_params and not again.warning
+
+
+def test_after_a_slider_move_a_new_edit_sticks(app):
+    at = open_page(app)
+    edit(at, {0: {"experts": 20}})
+    at.slider(key="w_budget").set_value(18).run()
+    ok(at)
+    assert "edits" not in at.query_params and metrics(at)["Σ experts / budget"] == "18 / 18"
+    assert [t.value for t in at.toast] == [page.DROPPED]
+    base = experts(at)
+    edit(at, {2: {"experts": base[2] + 1}})
+    assert metrics(at)["Σ experts / budget"] == "19 / 18" and qp(at, "edits") == f"2:{base[2] + 1}"
+
+
+def test_an_unusable_edits_link_is_said_and_ignored(app):
+    at = open_page(app, edits="9:1")
+    said = " ".join(w.value for w in at.warning)
+    assert "**edits=9:1**, which cannot be used here" in said and "the model has layers 0–5" in said
+    assert metrics(at)["Σ experts / budget"] == "30 / 30" and "edits" not in at.query_params
+
+
 # ------------------------------------------------------------------------------------------ bad inputs
 
 def test_budget_below_layers_times_min(app):
@@ -326,50 +365,8 @@ def test_use_for_training_refuses_a_bad_name(app):
     assert not (Path(os.environ["SPECTRASCOPE_DATA"]) / "escape.json").exists()
 
 
-# ------------------------------------------------------------------------------------------ pure helpers
+# ------------------------------------------------------------------------------------------ helpers
 
 def _scores() -> list[float]:
     from analysis import engine
     return engine.analyze().layer_scores()
-
-
-def test_model_facts_without_usable_scores():
-    import numpy as np
-    import pandas as pd
-    from types import SimpleNamespace
-    mats = pd.DataFrame({"name": ["emb.weight", "layers.0.q.weight", "layers.1.q.weight", "layers.1.up.weight"],
-                         "layer": [np.nan, 0, 1, 1], "module": ["embedding", "q", "q", "up"],
-                         "rows": [10, 8, 8, 16], "cols": [8, 8, 8, 8]})
-    result = SimpleNamespace(model="fake", matrices=mats, num_parameters=None,
-                             layer_scores=lambda: [3.0, float("nan")])
-    facts = page.model_facts(result)
-    assert facts.n_layers == 2 and facts.scores is None and "layers [1]" in facts.scores_problem
-    assert facts.kinds == ["q", "up"] and facts.model_params == 80 + 64 + 64 + 128
-    s = page.Settings("alphalora", 4, 2.5, 1, None, "2468")
-    with pytest.raises(SpectrascopeError, match="no usable AlphaLoRA score"):
-        page.base_allocation(s, facts)
-    assert page.base_allocation(page.Settings("uniform", 4, 2.5, 1, None, "2468"), facts).experts == [2, 2]
-    rows = page.comparison(s, facts, 8, ["q"])
-    assert "error" in rows[0] and rows[1]["experts"] == [2, 2] and "error" in rows[2]    # 4 digits > 2 layers
-    table = page.comparison_table(rows)
-    assert "note" in table and table["total experts"].isna().sum() == 2
-
-
-def test_read_counts():
-    assert page.read_counts([1.0, 2, 0]) == [1, 2, 0]
-    with pytest.raises(SpectrascopeError, match=r"layer 1: -1.*layer 2: 1.5.*layer 3: empty"):
-        page.read_counts([1, -1, 1.5, float("nan")])
-    with pytest.raises(SpectrascopeError, match=r"and 2 more"):
-        page.read_counts([-1] * 10)
-
-
-def test_sum_problem_and_describe():
-    s = page.Settings("alphalora", 10, 2.5, 1, 3, "2468")
-    assert page.sum_problem([2, 3, 3, 2], 10, s) is None
-    note = page.sum_problem([0, 4, 3, 2], 10, s)
-    assert "1 fewer" in note and "below the minimum" in note and "above the maximum" in note and "no experts" in note
-    alloc = al.allocate("alphalora", scores=[2.0, 3.0], budget=4, beta=1.5)
-    assert page.describe(alloc) == "AlphaLoRA (β = 1.5)"
-    assert page.describe(page.edited_allocation(alloc, [3, 1], 4)) == "manual (edited from AlphaLoRA)"
-    assert page.edited_allocation(alloc, alloc.experts, 4) is alloc
-    assert page.describe(al.allocate("mola:24", n_layers=4)) == "MoLA 24"
