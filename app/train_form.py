@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from analysis import allocation_store
 from analysis.config import DEFAULT_MODEL, data_dir
 from analysis.types import SpectrascopeError
 from app import common
@@ -152,31 +153,9 @@ def _source_layers(model: str) -> int | None:
     return int(layers) if layers else n_layers_of(source.matrices())
 
 
-def _alloc_store():
-    """analysis.allocation_store, or None where it is missing (the form then reads data_dir()/allocations/*.json)."""
-    try:
-        from analysis import allocation_store
-    except ImportError:
-        return None
-    return allocation_store
-
-
 def saved_allocations() -> tuple[list[tuple[str, str | None]], str | None]:
     """([(name, error or None)], name of the one chosen for training on the Allocate page)."""
-    store = _alloc_store()
-    if store is not None:
-        return [(s.name, s.error) for s in store.list_saved()], store.current_name()
-    folder = data_dir() / "allocations"
-    chosen = read_json(folder / "current.json")
-    out = []
-    for path in sorted(folder.glob("*.json"), key=lambda p: -p.stat().st_mtime):
-        try:
-            if path.stem != "current":
-                load_allocation(path.stem)
-                out.append((path.stem, None))
-        except SpectrascopeError as exc:
-            out.append((path.stem, str(exc)))
-    return out, chosen.get("name") if isinstance(chosen, dict) else None
+    return [(s.name, s.error) for s in allocation_store.list_saved()], allocation_store.current_name()
 
 
 def _has_ranks(name: str) -> bool:
@@ -188,15 +167,7 @@ def _has_ranks(name: str) -> bool:
 
 def load_allocation(name: str):
     """A saved allocation (analysis.allocation.Allocation) by name; SpectrascopeError if unreadable."""
-    store = _alloc_store()
-    if store is not None:
-        return store.load(name)
-    from analysis.allocation import from_json
-
-    try:
-        return from_json((data_dir() / "allocations" / f"{name}.json").read_text())
-    except OSError as exc:
-        raise SpectrascopeError(f"cannot read allocation {name!r}: {exc}") from None
+    return allocation_store.load(name)
 
 
 # ---------------------------------------------------------------- the form

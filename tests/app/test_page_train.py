@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -161,9 +160,7 @@ def test_a_links_unusable_form_values_are_reported_once(app, data, tiny_bert):
     assert not at.warning                                             # said once, not on every rerun
 
 
-@pytest.mark.parametrize("without_store", [False, True], ids=["allocation_store", "plain-folder"])
-def test_allocation_layer_mismatch_is_explained_and_blocks_submit(app, data, tiny_bert, monkeypatch, without_store):
-    import analysis
+def test_allocation_layer_mismatch_is_explained_and_blocks_submit(app, data, tiny_bert):
     from analysis import allocation_store
 
     allocation_store.save(al.allocate("uniform", n_layers=3, budget=6), "three-layers")      # current.json too
@@ -171,9 +168,6 @@ def test_allocation_layer_mismatch_is_explained_and_blocks_submit(app, data, tin
     ranked = al.Allocation("uniform", [1, 1], [1, 1], ranks=[4, 8], lora_config={
         "rank_pattern": {r"layer\.0\.": 4, r"layer\.1\.": 8}, "alpha_pattern": {}})
     allocation_store.save(ranked, "ranked", make_current=False)
-    if without_store:                    # the page reads data_dir()/allocations/*.json itself
-        monkeypatch.delattr(analysis, "allocation_store")
-        monkeypatch.setitem(sys.modules, "analysis.allocation_store", None)
     at = train_page(app, model=tiny_bert)
     at.selectbox(key="tr_method").set_value("moe_lora").run()
     assert at.selectbox(key="tr_alloc_moe_lora").value == "three-layers"     # the one "Use for training" chose
