@@ -14,6 +14,15 @@ def wait_idle(page: Page, timeout: float = 180_000) -> None:
     expect(page.locator(IDLE)).to_be_attached(timeout=timeout)
 
 
+def open_form(page: Page) -> None:
+    """Unfold the Train page's New-run form (folded when runs exist, e.g. from the other e2e tests)."""
+    box = page.get_by_label("Max steps", exact=True)
+    if not box.is_visible():
+        page.get_by_text("New run", exact=True).click()
+        expect(box).to_be_visible(timeout=60_000)
+        wait_idle(page)
+
+
 def fill(page: Page, label: str, value: str) -> None:
     box = page.get_by_label(label, exact=True)
     box.fill(value)
@@ -42,11 +51,15 @@ def test_page_urls_unknown_paths_and_a_refreshed_train_form(page: Page, app_url:
     page.goto(f"{app_url}/train")
     expect(page.get_by_role("heading", name="Train")).to_be_visible(timeout=60_000)
     wait_idle(page)
+    open_form(page)
     fill(page, "Max steps", "30")
     fill(page, "Train rows", "")                                      # emptied: all rows (not the minimum, 1)
     fill(page, "Run name", "thirty")
     expect(page).to_have_url(re.compile(r"new_max_steps=30.*new_max_train_rows=none.*new_name=thirty"))
     page.reload()
+    expect(page.get_by_role("heading", name="Train")).to_be_visible(timeout=60_000)
+    wait_idle(page)
+    open_form(page)
     expect(page.get_by_label("Max steps", exact=True)).to_have_value("30", timeout=60_000)
     expect(page.get_by_label("Train rows", exact=True)).to_have_value("")
     expect(page.get_by_label("Run name", exact=True)).to_have_value("thirty")
@@ -57,6 +70,9 @@ def test_page_urls_unknown_paths_and_a_refreshed_train_form(page: Page, app_url:
     wait_idle(page)
     expect(page).not_to_have_url(re.compile("new_"))                  # the form's values are the Train page's own
     page.locator("[data-testid='stSidebarNavLink']").filter(has_text="Train").click()
+    expect(page.get_by_role("heading", name="Train")).to_be_visible(timeout=60_000)
+    wait_idle(page)
+    open_form(page)
     expect(page.get_by_label("Max steps", exact=True)).to_have_value("30", timeout=60_000)
     expect(page.get_by_label("Train rows", exact=True)).to_have_value("")
     expect(page.get_by_label("Run name", exact=True)).to_have_value("thirty")

@@ -117,9 +117,10 @@ def test_decoder_is_tuned_on_answer_tokens_and_reloads(tmp_path, tiny_llama, mon
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     answers = [tokenizer(a, add_special_tokens=False)["input_ids"] + eos for a in load_task("rotten_tomatoes").answers]
     assert len(seen) == 2                                       # one forward per optimizer step
-    # validation and test (loss, then the answer choice: 32 rows × 2 answers / 16 per batch) without dropout
+    # validation and test, each the loss (32 rows / 16 per batch) then the answer choice (32 rows × 2 answers / 16),
+    # in eval mode (no dropout) and with labels (so prompt-routed adapters pool the prompt only, as in generation)
     assert [m for m in modes if m[0] == "train"] == [("train", True)] * 2
-    assert modes.count(("eval", False)) == 2 * 4
+    assert modes.count(("eval", True)) == 2 * (2 + 4) and len(modes) == 2 + 2 * (2 + 4)
     for batch in seen:
         ids, mask, labels, logits = batch["input_ids"], batch["attention_mask"], batch["labels"], batch["logits"]
         expected, nll = torch.full_like(ids, -100), []
