@@ -23,6 +23,16 @@ def open_form(page: Page) -> None:
         wait_idle(page)
 
 
+def expect_form_kept(page: Page) -> None:
+    """The Train page shows the New-run form with the values the test typed (30 steps, all rows, 'thirty')."""
+    expect(page.get_by_role("heading", name="Train")).to_be_visible(timeout=60_000)
+    wait_idle(page)
+    open_form(page)
+    expect(page.get_by_label("Max steps", exact=True)).to_have_value("30", timeout=60_000)
+    expect(page.get_by_label("Train rows", exact=True)).to_have_value("")
+    expect(page.get_by_label("Run name", exact=True)).to_have_value("thirty")
+
+
 def fill(page: Page, label: str, value: str) -> None:
     box = page.get_by_label(label, exact=True)
     box.fill(value)
@@ -57,12 +67,7 @@ def test_page_urls_unknown_paths_and_a_refreshed_train_form(page: Page, app_url:
     fill(page, "Run name", "thirty")
     expect(page).to_have_url(re.compile(r"new_max_steps=30.*new_max_train_rows=none.*new_name=thirty"))
     page.reload()
-    expect(page.get_by_role("heading", name="Train")).to_be_visible(timeout=60_000)
-    wait_idle(page)
-    open_form(page)
-    expect(page.get_by_label("Max steps", exact=True)).to_have_value("30", timeout=60_000)
-    expect(page.get_by_label("Train rows", exact=True)).to_have_value("")
-    expect(page.get_by_label("Run name", exact=True)).to_have_value("thirty")
+    expect_form_kept(page)
     wait_idle(page)
     page.screenshot(path=str(artifacts / "e2e-train-form-refreshed.png"))
     page.locator("[data-testid='stSidebarNavLink']").filter(has_text="Layer detail").click()
@@ -70,9 +75,4 @@ def test_page_urls_unknown_paths_and_a_refreshed_train_form(page: Page, app_url:
     wait_idle(page)
     expect(page).not_to_have_url(re.compile("new_"))                  # the form's values are the Train page's own
     page.locator("[data-testid='stSidebarNavLink']").filter(has_text="Train").click()
-    expect(page.get_by_role("heading", name="Train")).to_be_visible(timeout=60_000)
-    wait_idle(page)
-    open_form(page)
-    expect(page.get_by_label("Max steps", exact=True)).to_have_value("30", timeout=60_000)
-    expect(page.get_by_label("Train rows", exact=True)).to_have_value("")
-    expect(page.get_by_label("Run name", exact=True)).to_have_value("thirty")
+    expect_form_kept(page)

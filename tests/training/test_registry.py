@@ -105,3 +105,15 @@ def test_method_options_are_validated_by_the_method(monkeypatch):
         TrainConfig.from_dict({"method": "lora", "method_options": {"init_r": 3}})
     with pytest.raises(SpectrascopeError, match="takes no method_options"):
         TrainConfig.from_dict({"method": "full", "method_options": {"x": 1}})
+
+
+def test_reading_the_registry_loads_no_torch():
+    """Method folders export lazily (training.lazy): listing methods, labels and arms imports no torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from training import registry; registry.names(); registry.study_arms(); "
+            "print('torch' in sys.modules); import training.lora as lora; lora.LoraOptions; "
+            "print(sorted(lora.__all__) == lora.__all__)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]

@@ -1,12 +1,5 @@
 """CorDA: context-oriented decomposition adaptation (peft), calibrated on the task's training rows."""
-import importlib
+from training.lazy import lazy_exports
 
-# Imported on first use: the registry reads method.py without loading torch.
 _EXPORTS = {"CordaOptions": "config", "apply_corda": "model", "calibration_batches": "model"}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

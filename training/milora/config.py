@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from analysis.types import SpectrascopeError
-from training.moe_lora.config import ALL_LINEAR, MODULE_KINDS
+from training.moe_lora.config import ALL_LINEAR, MODULE_KINDS, JsonConfig
 
 
 @dataclass
-class MiLoraConfig:
+class MiLoraConfig(JsonConfig):
     """Options of one MiLoRA adapter (Zhang et al. 2024, "MiLoRA: Efficient Mixture of Low-Rank Adaptation").
 
     Every adapted projection of a block (q, k, v, o, MLP: `target_modules`) gets one LoRA module of rank r; the
@@ -19,6 +18,8 @@ class MiLoraConfig:
     the prompt's real tokens and picks `top_k` modules once per sequence (a block with fewer adapted modules uses
     them all); generation reuses that choice for every new token.
     """
+
+    WHAT = "MiLoRA"                         # errors name it (not a dataclass field: no annotation)
 
     r: int = 8
     lora_alpha: float = 16.0                # scaling s = lora_alpha / r
@@ -52,24 +53,6 @@ class MiLoraConfig:
     @property
     def scaling(self) -> float:
         return self.lora_alpha / self.r
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MiLoraConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SpectrascopeError(f"unknown MiLoRA option(s) {unknown}; known options: {sorted(known)}.")
-        return cls(**data)
-
-    def to_json(self, path: str | Path | None = None) -> str:
-        """The config as JSON text; also written to `path` when given."""
-        text = json.dumps(self.to_dict(), indent=2)
-        if path is not None:
-            Path(path).write_text(text + "\n")
-        return text
 
     @classmethod
     def from_json(cls, path: str | Path) -> "MiLoraConfig":

@@ -29,12 +29,38 @@ ROUTINGS = ("token", "prompt")
 ALL_LINEAR = "all-linear"  # every nn.Linear / GPT-2 Conv1D inside a numbered block (the default)
 
 
+class JsonConfig:
+    """to_dict / from_dict / to_json of an adapter config dataclass (MoE-LoRA's, MiLoRA's); WHAT names it in errors."""
+
+    WHAT = "adapter"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpectrascopeError(f"unknown {cls.WHAT} option(s) {unknown}; known options: {sorted(known)}.")
+        return cls(**data)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """The config as JSON text; also written to `path` when given."""
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+
 @dataclass
-class MoELoraConfig:
+class MoELoraConfig(JsonConfig):
     """Options of one MoE-LoRA adapter; list entries are per transformer block, index 0 = first block.
 
     A block with 0 experts is left untouched. A block with 1 expert is plain LoRA: no router, top-k 1.
     """
+
+    WHAT = "MoE-LoRA"                         # errors name it (not a dataclass field: no annotation)
 
     experts_per_layer: list[int]
     top_k: list[int] | None = None          # None: 2 per block, 1 where a block has a single expert
@@ -106,24 +132,6 @@ class MoELoraConfig:
             raise SpectrascopeError("the allocation has no 'experts' list: expected "
                                     '{"experts": [...], "top_k": [...]} as written by `python -m analysis allocate`.')
         return cls(experts_per_layer=list(allocation["experts"]), top_k=allocation.get("top_k"), **overrides)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MoELoraConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SpectrascopeError(f"unknown MoE-LoRA option(s) {unknown}; known options: {sorted(known)}.")
-        return cls(**data)
-
-    def to_json(self, path: str | Path | None = None) -> str:
-        """The config as JSON text; also written to `path` when given."""
-        text = json.dumps(self.to_dict(), indent=2)
-        if path is not None:
-            Path(path).write_text(text + "\n")
-        return text
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> "MoELoraConfig":
