@@ -18,10 +18,12 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/pip install -q --no-deps -r requirements-nodeps.txt
   echo "$want" > "$stamp"
 fi
-if [ "${1:-}" = "--dev" ] && [ ! -x /usr/bin/chromium ]; then
+# --dev: Debian's Chromium (browser tests) and Slurm + munge (the Slurm backend's tests start a one-node cluster)
+if [ "${1:-}" = "--dev" ] && { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/sbin/slurmctld ] || [ ! -x /usr/sbin/munged ]; }; then
   if [ "$(id -u)" = "0" ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium slurm-wlm munge >/dev/null
   else
-    echo "note: /usr/bin/chromium is missing; install Debian's chromium (sudo apt-get install chromium) for the browser tests" >&2
+    echo "note: install Debian's chromium, slurm-wlm and munge (sudo apt-get install chromium slurm-wlm munge)" \
+      "for the browser and Slurm tests" >&2
   fi
 fi
