@@ -309,6 +309,28 @@ class JobStore:
         self.schedule()
         return self.get(job_id)
 
+    def resume(self, job_id: int, start: bool = True) -> Job:
+        """Queue a cancelled, lost or failed run again with the same id and run folder: its worker continues from
+        the latest checkpoint (training.checkpoint). A SpectrascopeError for a run that is done, has not ended,
+        or has no checkpoint."""
+        from training import checkpoint
+
+        job = self.get(job_id)
+        if not job.final or job.status == "done":
+            raise SpectrascopeError(f"job {job.id} is {job.status}: only cancelled, lost or failed runs can be resumed")
+        if not job.run_dir or checkpoint.latest(job.run_dir) is None:
+            raise SpectrascopeError(f"job {job.id} has no checkpoint to resume from (it stopped before its first "
+                                    "one): submit it again")
+        job.path(run_layout.CANCEL_FLAG).unlink(missing_ok=True)
+        with self._connect() as con:
+            cur = con.execute("UPDATE jobs SET status = 'queued', pid = NULL, proc_create_time = NULL, "
+                              "finished = NULL, error = NULL WHERE id = ? AND status = ?", (job.id, job.status))
+        if cur.rowcount != 1:
+            raise SpectrascopeError(f"job {job.id} changed meanwhile (now {self.get(job.id).status}): try again")
+        if start:
+            self.schedule()
+        return self.get(job.id)
+
     # ---- keeping the table true ----------------------------------------------------------------------------
     def reconcile(self) -> list[int]:
         """Mark running jobs whose worker process is gone as lost (with the log tail); return their ids."""

@@ -14,6 +14,9 @@ LOG = "worker.log"                     # the worker process's stdout and stderr
 HEARTBEAT = "heartbeat"                # the worker: the time of its last beat
 CANCEL_FLAG = "cancel"                 # the job store: created to ask the trainer to stop
 ARTIFACTS = "artifacts"                # the saved weights: artifacts/<Method.artifact_dir>
+CHECKPOINTS = "checkpoints"            # the trainer: checkpoints/step-<n>/ while a run goes (training.checkpoint)
+CHECKPOINT_PREFIX = "step-"            # checkpoints/step-000010: the state after optimizer step 10
+MLFLOW_RUN = "mlflow_run.json"         # the worker: the MLflow run this run logs to (training.tracking)
 
 
 def runs_root(data: str | Path) -> Path:
@@ -63,6 +66,20 @@ def cancel_flag(run: str | Path) -> Path:
 def artifacts(run: str | Path) -> Path:
     """<run>/artifacts: the parent of the method's weights folder."""
     return Path(run) / ARTIFACTS
+
+
+def checkpoints(run: str | Path) -> Path:
+    """<run>/checkpoints: the last few training states (training.checkpoint), removed when the run is done."""
+    return Path(run) / CHECKPOINTS
+
+
+def checkpoint(run: str | Path, step: int) -> Path:
+    """The checkpoint folder of optimizer step `step`: <run>/checkpoints/step-000010."""
+    return checkpoints(run) / f"{CHECKPOINT_PREFIX}{int(step):06d}"
+
+
+def mlflow_run(run: str | Path) -> Path:
+    return Path(run) / MLFLOW_RUN
 
 
 def artifact_folder(run: str | Path, method: str) -> Path:
