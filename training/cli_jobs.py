@@ -29,6 +29,28 @@ SUBMIT_OPTIONS = [
 ]
 
 
+# Options of the remote backends (training.backends): (flag, option key, type, help). Each backend checks its own.
+BACKEND_OPTIONS = [
+    ("--partition", "partition", str, "slurm: partition (default: the cluster's default partition)"),
+    ("--nodes", "nodes", int, "slurm: nodes for a multi-node data-parallel run (default 1)"),
+    ("--gpus-per-node", "gpus_per_node", int, "slurm: GPUs on each node (default 0: CPU)"),
+    ("--time", "time", str, "slurm: time limit HH:MM:SS (default: the partition's)"),
+    ("--account", "account", str, "slurm: account to charge"),
+    ("--ray-address", "address", str, "ray: the cluster's dashboard address (default $RAY_ADDRESS)"),
+]
+
+
+def backend_names() -> tuple[str, ...]:
+    from training.backends import NAMES
+
+    return NAMES
+
+
+def backend_options(args) -> dict:
+    """The backend options given on the command line (flags left unset are not passed)."""
+    return {key: getattr(args, key) for _, key, _, _ in BACKEND_OPTIONS if getattr(args, key, None) is not None}
+
+
 def add_parser(sub) -> None:
     """The job sub-commands: submit, list, show, cancel, logs."""
     from training import registry
@@ -42,6 +64,10 @@ def add_parser(sub) -> None:
     p.add_argument("--name", help="run name: letters, digits, '_', '.', '-' (default: <method>-<task>)")
     add_trust_flag(p)
     p.add_argument("--wait", action="store_true", help="block until the job ends; print its result as JSON")
+    p.add_argument("--backend", default="local", choices=backend_names(),
+                   help="where the run runs: local (this machine, default), slurm (one Slurm job), ray (a Ray job)")
+    for flag, dest, kind, text in BACKEND_OPTIONS:
+        p.add_argument(flag, dest=dest, type=kind, help=text)
 
     p = sub.add_parser("list", help="jobs, oldest first")
     p.add_argument("--json", action="store_true", help="one JSON array instead of a table")
@@ -78,7 +104,7 @@ def run_submit(args) -> int:
     from training.jobs import JobStore
 
     store = JobStore()
-    job = store.submit(submit_config(args), name=args.name)
+    job = store.submit(submit_config(args), name=args.name, backend=args.backend, backend_options=backend_options(args))
     print(f"job {job.id} ({job.name}) {job.status}; run folder {job.run_dir}", file=sys.stderr)
     if not args.wait:
         print(json.dumps({"job": job.id, "name": job.name, "status": job.status, "run_dir": job.run_dir}))
@@ -103,9 +129,10 @@ def run_list(args) -> int:
     if args.json:
         print(json.dumps([j.to_dict() for j in jobs], default=str))
         return 0
-    print(f"{'id':>4}  {'status':<9}  {'method':<8}  {'created':<19}  name")
+    print(f"{'id':>4}  {'status':<9}  {'method':<8}  {'created':<19}  {'where':<14}  name")
     for job in jobs:
-        print(f"{job.id:>4}  {job.status:<9}  {job.config.get('method', ''):<8}  {_ago(job.created):<19}  {job.name}")
+        print(f"{job.id:>4}  {job.status:<9}  {job.config.get('method', ''):<8}  {_ago(job.created):<19}  "
+              f"{job.where:<14}  {job.name}")
     return 0
 
 

@@ -37,8 +37,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     started REAL,
     finished REAL,
     error TEXT,
-    devices TEXT
+    devices TEXT,
+    backend TEXT NOT NULL DEFAULT 'local',
+    backend_options TEXT,
+    external_id TEXT
 )"""
+# Columns added after the first release: (name, SQL type) added to older tables on open.
+ADDED_COLUMNS = (("backend", "TEXT NOT NULL DEFAULT 'local'"), ("backend_options", "TEXT"), ("external_id", "TEXT"))
 
 # Children this process started: polled so that finished ones are reaped instead of lingering as zombies.
 _CHILDREN: dict[int, subprocess.Popen] = {}
@@ -61,6 +66,20 @@ class Job:
     finished: float | None
     error: str | None
     devices: str | None = None
+    backend: str = "local"            # training.backends: local (this machine's processes), slurm, ray
+    backend_options: dict | None = None
+    external_id: str | None = None    # the engine's id of a remote run (Slurm job id, Ray submission id)
+
+    @property
+    def remote(self) -> bool:
+        return self.backend != "local"
+
+    @property
+    def where(self) -> str:
+        """Where the run runs or ran: "local" (with its GPUs), or the backend and the engine's id for it."""
+        if not self.remote:
+            return "local" + (f" gpu {self.devices}" if self.devices else "")
+        return f"{self.backend} {self.external_id or '(not handed over)'}"
 
     @property
     def final(self) -> bool:
@@ -229,6 +248,10 @@ class JobStore:
         with self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.execute(SCHEMA)
+            have = {row[1] for row in con.execute("PRAGMA table_info(jobs)")}
+            for column, kind in ADDED_COLUMNS:
+                if column not in have:
+                    con.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
 
     def _connect(self) -> "_Closing":
         con = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
@@ -257,12 +280,16 @@ class JobStore:
             return [_job(r) for r in con.execute("SELECT * FROM jobs ORDER BY id")]
 
     # ---- submitting and cancelling -------------------------------------------------------------------------
-    def submit(self, config: dict, name: str | None = None, start: bool = True) -> Job:
+    def submit(self, config: dict, name: str | None = None, start: bool = True, backend: str | None = None,
+               backend_options: dict | None = None) -> Job:
         """Validate `config` and its data, queue the job and (with `start`) start queued jobs if slots are free.
 
-        Nothing is started when the config, the model, the task data or the name is bad: a SpectrascopeError
-        says what was wrong.
+        `backend` (training.backends: local, slurm, ray) says where it runs, `backend_options` how (partition,
+        address, …). Nothing is queued when the config, the model, the task data, the name or the backend
+        settings are bad: a SpectrascopeError says what was wrong.
         """
+        from training import backends
+
         from training.base_jobs import check_base_eval, is_base_eval
         from training.trainer import prepare_config
 
@@ -271,15 +298,23 @@ class JobStore:
             validate_name(given, self.names())      # cheap checks first: a bad name never loads the data
         clean = check_base_eval(config) if is_base_eval(config) else prepare_config(config)
         clean.pop("name", None)
-        check_machine(clean)
+        backend = backends.check_name(backend)
+        if backend == "local":
+            if backend_options:
+                raise SpectrascopeError(f"the local backend takes no options (got {sorted(backend_options)})")
+            check_machine(clean)
+            options = None
+        else:
+            options = backends.get(backend).check(dict(backend_options or {}), clean)
         now = time.time()
         with self._connect() as con:
             con.execute("BEGIN IMMEDIATE")           # the name check and the insert as one step
             taken = {row[0] for row in con.execute("SELECT name FROM jobs")}      # (an error rolls back)
             name = validate_name(given, taken) if given is not None else default_name(clean, taken)
             cur = con.execute(
-                "INSERT INTO jobs (name, status, config, created) VALUES (?, 'queued', ?, ?)",
-                (name, json.dumps(clean), now),
+                "INSERT INTO jobs (name, status, config, created, backend, backend_options) "
+                "VALUES (?, 'queued', ?, ?, ?, ?)",
+                (name, json.dumps(clean), now, backend, json.dumps(options) if options is not None else None),
             )
             job_id = cur.lastrowid
             run_dir = run_layout.run_dir(self.runs_dir, job_id, name)
@@ -298,7 +333,9 @@ class JobStore:
         if job.status == "queued" and self._set_final(job.id, "cancelled", "cancelled before it started", "queued"):
             return self.get(job_id)
         job = self.get(job_id)             # it may have started meanwhile
-        if job.status == "running":
+        if job.status == "running" and job.remote:
+            self._cancel_remote(job, grace)
+        elif job.status == "running":
             job.path(run_layout.CANCEL_FLAG).touch()
             if not _wait_gone(job, grace):
                 _signal_group(job.pid, signal.SIGTERM)
@@ -333,14 +370,21 @@ class JobStore:
 
     # ---- keeping the table true ----------------------------------------------------------------------------
     def reconcile(self) -> list[int]:
-        """Mark running jobs whose worker process is gone as lost (with the log tail); return their ids."""
+        """Mark running jobs whose worker is gone as lost (with the log tail); return their ids. A local worker is
+        gone when its process is; a remote one when its engine says the job ended without the worker recording
+        an outcome, or when the engine cannot be reached and the heartbeat is older than LOST_AFTER_S."""
         with self._connect() as con:
             rows = con.execute("SELECT * FROM jobs WHERE status = 'running'").fetchall()
         lost = []
         for job in map(_job, rows):
-            if process_alive(job.pid, job.proc_create_time):
+            if job.remote:
+                error = self._remote_gone(job)
+                if error is None:
+                    continue
+            elif process_alive(job.pid, job.proc_create_time):
                 continue
-            error = f"worker process {job.pid} ended without reporting a result"
+            else:
+                error = f"worker process {job.pid} ended without reporting a result"
             tail = job.log_tail(20)
             if self._set_final(job.id, "lost", f"{error}; log tail:\n{tail}" if tail else error,
                                only_from="running"):
@@ -357,6 +401,11 @@ class JobStore:
             try:
                 running = [_job(r) for r in con.execute("SELECT * FROM jobs WHERE status = 'running'")]
                 queued = [_job(r) for r in con.execute("SELECT * FROM jobs WHERE status = 'queued' ORDER BY id")]
+                for job in [j for j in queued if j.remote]:      # the cluster queues them: hand each over now
+                    self._launch_remote(con, job)
+                    started.append(job.id)
+                running = [j for j in running if not j.remote]
+                queued = [j for j in queued if not j.remote]
                 busy = {d for j in running for d in (j.devices or "").split(",") if d}
                 for job in queued:
                     if len(running) + len(started) >= limit:
@@ -371,6 +420,56 @@ class JobStore:
                 con.execute("COMMIT")
         return started
 
+    # ---- remote backends (training.backends) ----------------------------------------------------------------
+    def _worker_env(self) -> dict[str, str]:
+        env = dict(os.environ, SPECTRASCOPE_DATA=str(self.data), PYTHONUNBUFFERED="1")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        return env
+
+    def _launch_remote(self, con: sqlite3.Connection, job: Job) -> None:
+        from training import backends
+
+        Path(job.run_dir).mkdir(parents=True, exist_ok=True)
+        now = time.time()
+        try:
+            external = backends.get(job.backend).launch(job, worker_command(job.id), self._worker_env())
+        except Exception as exc:  # noqa: BLE001 - a refused hand-over is the run's outcome, said in one line
+            con.execute("UPDATE jobs SET status = 'failed', finished = ?, error = ? WHERE id = ?",
+                        (now, f"{job.backend} did not take the run: {_one_line(exc)}", job.id))
+            return
+        con.execute("UPDATE jobs SET status = 'running', external_id = ?, started = ?, heartbeat = ? WHERE id = ?",
+                    (str(external), now, now, job.id))
+
+    def _remote_gone(self, job: Job) -> str | None:
+        """Why a running remote job is lost, or None while its engine still has it (or a result is coming)."""
+        from training import backends
+
+        state = backends.get(job.backend).poll(job)
+        if state.state == "ended":
+            time.sleep(0.2)
+            if self.get(job.id).final:        # the worker recorded its outcome just before the job ended
+                return None
+            why = f" ({state.reason})" if state.reason else ""
+            return f"{job.backend} job {job.external_id} ended{why} without the worker reporting a result"
+        if state.state == "unreachable":
+            age = time.time() - (job.heartbeat or job.started or time.time())
+            if age > backends.LOST_AFTER_S:
+                why = f": {state.reason}" if state.reason else ""
+                return (f"{job.backend} could not be reached{why}, and the worker's last heartbeat was "
+                        f"{age:.0f} s ago")
+        return None
+
+    def _cancel_remote(self, job: Job, grace: float) -> None:
+        from training import backends
+
+        job.path(run_layout.CANCEL_FLAG).touch()          # the worker stops at its next step and records it
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and not self.get(job.id).final:
+            time.sleep(0.2)
+        backends.get(job.backend).cancel(job)             # then the engine's own cancel: nothing left behind
+        self._set_final(job.id, "cancelled", "cancelled", only_from="running")
+
     def _pick_devices(self, job: Job, busy: set[str]) -> list[str] | None:
         if not gpu_count():
             return []
@@ -381,9 +480,7 @@ class JobStore:
     def _launch(self, con: sqlite3.Connection, job: Job, devices: list[str]) -> None:
         run_dir = Path(job.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, SPECTRASCOPE_DATA=str(self.data), PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
-        env.setdefault("HF_HUB_OFFLINE", "1")
+        env = self._worker_env()
         if devices:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
         processes = job_processes(job.config)
@@ -457,7 +554,13 @@ def default_name(config: dict, taken=()) -> str:
 def _job(row: sqlite3.Row) -> Job:
     values = dict(row)
     values["config"] = json.loads(values["config"])
+    values["backend_options"] = json.loads(values["backend_options"]) if values.get("backend_options") else None
     return Job(**values)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def _signal_group(pid: int | None, sig: int) -> None:

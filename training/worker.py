@@ -48,6 +48,17 @@ def failure_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text} (the traceback is in the run's log)" if text else type(exc).__name__
 
 
+def wait_handed_over(store: JobStore, job_id: int, seconds: float = 30.0):
+    """The job row; a remote run's worker can start before its launcher has marked the row running (the
+    engine starts it within the launcher's transaction), so a queued remote job is given `seconds` to turn."""
+    job = store.get(job_id)
+    deadline = time.monotonic() + seconds
+    while job.remote and job.status == "queued" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        job = store.get(job_id)
+    return job
+
+
 def run_rank(store: JobStore, job_id: int) -> str:
     """A non-zero rank of a data-parallel job: train alongside rank 0, which records everything."""
     from training.trainer import train
@@ -68,7 +79,7 @@ def run_job(store: JobStore, job_id: int) -> str:
     from training.base_jobs import is_base_eval, run_base_eval
     from training.trainer import train
 
-    job = store.get(job_id)
+    job = wait_handed_over(store, job_id)
     run_dir = Path(job.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if job.status != "running":
@@ -119,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     if int(os.environ.get("RANK", "0")) > 0:       # torchrun rank of a data-parallel job
         return 0 if run_rank(store, args.job) in ("done", "cancelled") else 1
     status = run_job(store, args.job)
+    if store.get(args.job).remote:
+        return 0 if status in ("done", "cancelled") else 1      # a cluster node never starts this machine's queue
     try:
         store.schedule()             # start the next queued job even when no UI is running
     except Exception:  # noqa: BLE001 - the job itself is recorded; scheduling is retried by the next caller
