@@ -83,6 +83,18 @@ def check_tasks(tasks: list[str] | str, include_path: str | Path | None = None) 
     return names
 
 
+def check_config(cfg, decoder: bool) -> list[str]:
+    """A training config's end-of-run lm-eval pass, checked at submit: the task names (a list, or 'T1,T2'), the
+    include folder, and a causal LM to score; the task names as a list."""
+    tasks = cfg.lm_eval_tasks
+    if not isinstance(tasks, (str, list)) or not all(isinstance(t, str) for t in tasks):
+        raise SpectrascopeError(f"lm_eval_tasks must be a list of lm-eval task names (or 'T1,T2'), got {tasks!r}")
+    if not decoder:
+        raise SpectrascopeError(f"lm_eval_tasks: model {cfg.model or 'all-MiniLM-L6-v2'} is an encoder, and lm-eval "
+                                f"scores causal / seq2seq language models; leave lm_eval_tasks out for this run")
+    return check_tasks(tasks, cfg.lm_eval_include_path)
+
+
 # ----------------------------------------------------------------------------------------------- models
 
 def _not_a_language_model(what: str) -> SpectrascopeError:
@@ -111,8 +123,16 @@ def base_model(model: str, trust_remote_code: bool = False, device: str = "auto"
 def run_model(run_dir: str | Path, device: str | None = None):
     """(model, tokenizer) of a finished decoder run: its artifacts loaded onto the base, the adapter attached
     (as lm-eval's own `peft=` does); an encoder run is one line."""
+    from training import run_layout
     from training.trainer import load_artifacts
 
+    try:                                 # told before any weights load; an unreadable one is load_artifacts' to say
+        manifest = json.loads(run_layout.manifest(run_dir).read_text())
+    except (OSError, ValueError):
+        manifest = {}
+    if manifest.get("decoder") is False:
+        model = (manifest.get("config") or {}).get("model") or "the default MiniLM"
+        raise _not_a_language_model(f"run {Path(run_dir).name} ({model})")
     model, tokenizer, cfg, _, _, decoder = load_artifacts(run_dir, device=device)
     if not decoder:
         raise _not_a_language_model(f"run {Path(run_dir).name} ({cfg.model or 'the default MiniLM'})")

@@ -61,6 +61,9 @@ class TrainConfig:
     cpu_processes: int = 1                 # data-parallel processes of a job on a machine without GPUs
     name: str | None = None
     trust_remote_code: bool = False        # run the model folder's own code (config.json auto_map)
+    lm_eval_tasks: list[str] | None = None    # lm-eval tasks scored after training (training.lm_eval_harness)
+    lm_eval_limit: int | None = None          # documents per lm-eval task (None: all)
+    lm_eval_include_path: str | None = None   # a folder of the user's own lm-eval task YAMLs
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
@@ -98,7 +101,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise SpectrascopeError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("max_steps", "max_train_rows", "max_eval_rows", "max_test_rows"):
+        for name in ("max_steps", "max_train_rows", "max_eval_rows", "max_test_rows", "lm_eval_limit"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise SpectrascopeError(f"{name} must be a positive integer or null, got {value!r}")
@@ -244,6 +247,10 @@ def prepare_config(config: dict) -> dict:
         raise SpectrascopeError(f"task {cfg.task!r} is a {task.kind} task: it needs a decoder (causal LM) model")
     if cfg.method_spec.check is not None:
         cfg.method_spec.check(cfg, hf_config)
+    if cfg.lm_eval_tasks is not None:
+        from training.lm_eval_harness import check_config
+
+        cfg.lm_eval_tasks = check_config(cfg, decoder)    # the end-of-run lm-eval pass: names, folder, decoder
     return asdict(cfg)
 
 
