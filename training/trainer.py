@@ -41,6 +41,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     eval_every: int = 50                   # steps between validation passes (0: only at the end)
+    checkpoint_every: int | None = None    # steps between checkpoints (None: at each validation pass; 0: none)
+    keep_checkpoints: int = 2              # the newest checkpoints kept while the run goes (removed when done)
     keep_best: bool = True                 # restore the weights of the best validation pass before testing
     max_train_rows: int | None = 1000      # seeded subsets keep CPU runs short; None: every row
     max_eval_rows: int | None = 300
@@ -61,6 +63,10 @@ class TrainConfig:
     cpu_processes: int = 1                 # data-parallel processes of a job on a machine without GPUs
     name: str | None = None
     trust_remote_code: bool = False        # run the model folder's own code (config.json auto_map)
+    # Where the worker logs the run (training.tracking); not hyperparameters, so not logged as MLflow params.
+    mlflow: bool = True                    # False: no MLflow (--no-mlflow)
+    mlflow_uri: str | None = None          # None: $MLFLOW_TRACKING_URI, else sqlite:///<data>/mlflow.db
+    mlflow_alpha: bool = True              # per-layer α before / after (one analysis of the tuned weights)
     lm_eval_tasks: list[str] | None = None    # lm-eval tasks scored after training (training.lm_eval_harness)
     lm_eval_limit: int | None = None          # documents per lm-eval task (None: all)
     lm_eval_include_path: str | None = None   # a folder of the user's own lm-eval task YAMLs
@@ -97,7 +103,8 @@ class TrainConfig:
     def check(self) -> None:
         method = registry.get(self.method)
         method.option_values(self.method_options)
-        for name in ("epochs", "batch_size", "max_length", "rank", "experts", "top_k", "gpus", "cpu_processes"):
+        for name in ("epochs", "batch_size", "max_length", "rank", "experts", "top_k", "gpus", "cpu_processes",
+                     "keep_checkpoints"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise SpectrascopeError(f"{name} must be a positive integer, got {value!r}")
@@ -105,8 +112,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise SpectrascopeError(f"{name} must be a positive integer or null, got {value!r}")
-        if not isinstance(self.eval_every, int) or self.eval_every < 0:
-            raise SpectrascopeError(f"eval_every must be 0 or a positive integer, got {self.eval_every!r}")
+        for name in ("eval_every", "checkpoint_every"):
+            value = getattr(self, name)
+            if (value is not None or name == "eval_every") and (not isinstance(value, int) or value < 0):
+                raise SpectrascopeError(f"{name} must be 0 or a positive integer, got {value!r}")
         for name in ("lr", "head_lr"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
@@ -116,6 +125,12 @@ class TrainConfig:
             raise SpectrascopeError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         if self.routing not in ("token", "prompt"):
             raise SpectrascopeError(f"routing must be token or prompt, got {self.routing!r}")
+        for name in ("mlflow", "mlflow_alpha"):
+            if not isinstance(getattr(self, name), bool):
+                raise SpectrascopeError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.mlflow_uri is not None and (not isinstance(self.mlflow_uri, str) or not self.mlflow_uri.strip()):
+            raise SpectrascopeError(f"mlflow_uri must be a tracking URI (http://host:5000, sqlite:///file.db), "
+                                    f"got {self.mlflow_uri!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise SpectrascopeError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
@@ -287,7 +302,7 @@ def _linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
 
 
 def train(config: dict, run_dir: str | Path, progress: Callable[[dict], None] | None = None,
-          should_stop: Callable[[], bool] | None = None) -> dict:
+          should_stop: Callable[[], bool] | None = None, resume_from: str | Path | None = None) -> dict:
     """Fine-tune as `config` says, writing manifest.json and artifacts/ under `run_dir`; return the result.
 
     `progress(dict)` gets step, total_steps, epoch, loss, lr, tokens_per_s (and "eval" on validation steps);
@@ -295,6 +310,8 @@ def train(config: dict, run_dir: str | Path, progress: Callable[[dict], None] | 
     artifacts. The result holds status, steps, validation (best pass) and test metrics, parameter counts.
     Under torchrun (WORLD_SIZE > 1) this is one rank of a data-parallel job (see training.distributed):
     rank 0 reports progress and writes the manifest, artifacts and test metrics.
+    Checkpoints go to <run>/checkpoints (training.checkpoint) and are removed when the run is done;
+    `resume_from` (a checkpoint folder of this run) continues from it: progress starts at the step after it.
     """
     from training import distributed
 
@@ -307,7 +324,8 @@ def train(config: dict, run_dir: str | Path, progress: Callable[[dict], None] | 
     run_dir.mkdir(parents=True, exist_ok=True)
     device = distributed.setup(ranks, pick_device(cfg.device))
     try:
-        return _train(cfg, run_dir, progress, local_stop, ranks, device, started)
+        return _train(cfg, run_dir, progress, local_stop, ranks, device, started,
+                      Path(resume_from) if resume_from else None)
     finally:
         distributed.teardown(ranks)
 
@@ -349,11 +367,12 @@ def adapted_modules(model, method: str) -> list[str]:
     return out
 
 
-def _train(cfg: TrainConfig, run_dir: Path, progress, local_stop, ranks, device, started: float) -> dict:
+def _train(cfg: TrainConfig, run_dir: Path, progress, local_stop, ranks, device, started: float,
+           resume_from: Path | None = None) -> dict:
     """The body of train() for one process (rank) of a job."""
     from transformers import AutoConfig
 
-    from training import data, distributed
+    from training import checkpoint, data, distributed
     from training.dropout import use_fast_dropout
 
     random.seed(cfg.seed)
@@ -366,7 +385,9 @@ def _train(cfg: TrainConfig, run_dir: Path, progress, local_stop, ranks, device,
     task = load_task(cfg)
     rows = split_rows(task, cfg)
     decoder = is_decoder(AutoConfig.from_pretrained(folder, trust_remote_code=cfg.trust_remote_code))
-    if ranks.main:
+    if ranks.main and resume_from is not None:
+        checkpoint.record_resume(run_dir, resume_from, data_hash(rows))
+    elif ranks.main:
         write_manifest(run_dir, cfg, folder, rows, decoder, ranks.world)
     model, tokenizer = build_model(cfg, folder, task, decoder)
     model = attach_method(cfg, model, decoder, task, rows, tokenizer, device).to(device)
@@ -390,10 +411,19 @@ def _train(cfg: TrainConfig, run_dir: Path, progress, local_stop, ranks, device,
                         None if ranks.distributed else local_stop)
 
     step, stopped, best, best_step, best_state, last_losses = 0, False, None, 0, None, []
+    epoch, skip = None, 0            # a resumed run starts in the checkpoint's epoch, after its last batch
+    if resume_from is not None:
+        loop = checkpoint.restore(resume_from, model, optimizer, scheduler, total)
+        step, best, best_step, best_state, last_losses = (loop[k] for k in ("step", "best", "best_step",
+                                                                              "best_state", "last_losses"))
+        epoch, skip = loop["epoch"], loop["next_batch"]
     model.train()
     while step < total and not stopped:
-        epoch = step // per_epoch
-        for batch in data.batches(train_encoded, cfg.batch_size, seed=cfg.seed + epoch, shuffle=True):
+        epoch, first, skip = step // per_epoch if epoch is None else epoch, skip, 0
+        for index, batch in enumerate(data.batches(train_encoded, cfg.batch_size, seed=cfg.seed + epoch,
+                                                   shuffle=True)):
+            if index < first:
+                continue
             if step >= total:
                 break
             if stop_now():
@@ -432,6 +462,12 @@ def _train(cfg: TrainConfig, run_dir: Path, progress, local_stop, ranks, device,
                     if cfg.keep_best and step != total:
                         best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
             progress(line)
+            if ranks.main and checkpoint.due(step, total, cfg.checkpoint_every, cfg.eval_every):
+                checkpoint.save(run_dir, step, checkpoint.capture(model, optimizer, scheduler, {
+                    "step": step, "epoch": epoch, "next_batch": index + 1, "total": total, "best": best,
+                    "best_step": best_step, "best_state": best_state, "last_losses": last_losses}),
+                    cfg.keep_checkpoints)
+        epoch = None
     if stopped or local_stop():
         return {"status": "cancelled", "steps": step, "total_steps": total, "seconds": time.time() - started}
 
@@ -459,6 +495,7 @@ def _train(cfg: TrainConfig, run_dir: Path, progress, local_stop, ranks, device,
     test = evaluate(model, task, rows["test"], tokenizer, cfg, decoder, device, predictions=predicted)
     if predicted:                    # per-row test predictions: paired comparisons between runs (study_report)
         run_layout.predictions(run_dir).write_text(json.dumps({"test": predicted}))
+    checkpoint.remove_all(run_dir)   # a done run is not resumed: its artifacts stay
     return {**result, "test": test, "seconds": time.time() - started}
 
 

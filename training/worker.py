@@ -108,6 +108,10 @@ def run_job(store: JobStore, job_id: int) -> str:
         result = runner(job.config, run_dir, progress=progress, should_stop=should_stop)
         status = "cancelled" if result.get("status") == "cancelled" else "done"
         error = "cancelled" if status == "cancelled" else None
+        if status == "done" and not is_base_eval(job.config):      # the New-run form's lm-eval pass, if asked
+            from training.lm_eval_harness import after_training
+
+            result = {**result, **after_training(job.config, run_dir, job_id)}     # never raises
     except BaseException as exc:  # noqa: BLE001 - every failure must end up in the table
         traceback.print_exc()            # the traceback goes to the run's log only; the table gets one line
         status, error = "failed", failure_reason(exc)
