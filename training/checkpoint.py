@@ -113,8 +113,8 @@ def load(folder: str | Path) -> dict:
 def weights(model) -> dict:
     """The trained part of a model: trainable parameters (the adapter, or every weight of a full fine-tune) and
     the buffers (small: position ids, AdaLoRA's rank counts…)."""
-    out = {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
-    out.update({f"buffer:{name}": b.detach().cpu().clone() for name, b in model.named_buffers()})
+    out = {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
+    out.update({f"buffer:{name}": b.detach().cpu() for name, b in model.named_buffers()})
     return out
 
 
@@ -181,6 +181,42 @@ def restore_method_state(model, state: dict) -> None:
         setattr(allocator, key, {k: v.to(device) for k, v in values.items()})
 
 
+LOOP_KEYS = ("step", "epoch", "next_batch", "total", "best", "best_step", "best_state", "last_losses")
+
+
+def due(step: int, total: int, every: int | None, eval_every: int) -> bool:
+    """Whether the trainer writes a checkpoint after `step`: with `every` None at each validation pass (every
+    `eval_every` steps and the last), with 0 never, else every `every` steps and the last."""
+    if every == 0:
+        return False
+    period = eval_every if every is None else every
+    return step == total or bool(period and step % period == 0)
+
+
+def capture(model, optimizer, scheduler, loop: dict) -> dict:
+    """The whole training state after a step: `loop` holds LOOP_KEYS (step, data position, best pass…)."""
+    missing = set(LOOP_KEYS) - set(loop)
+    assert not missing, missing
+    return {"weights": weights(model), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "method": method_state(model), "rng": rng_state(), "loop": dict(loop)}
+
+
+def restore(folder: str | Path, model, optimizer, scheduler, total: int) -> dict:
+    """Put a checkpoint's state back into the model, optimizer, scheduler and RNGs; return its loop values.
+    The RNGs are set last: call this right before the training loop."""
+    state = load(folder)
+    loop = state["loop"]
+    if loop["total"] != total:
+        raise SpectrascopeError(f"checkpoint {Path(folder).name} is of a run of {loop['total']} steps, this one has "
+                                f"{total}: the config changed; submit it again")
+    restore_weights(model, state["weights"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    restore_method_state(model, state["method"])
+    set_rng_state(state["rng"])
+    return loop
+
+
 def record_resume(run_dir: str | Path, folder: Path, data_hash: str) -> None:
     """Note a resume in manifest.json (`resumes`: time, step, checkpoint), after checking the data is the same."""
     path = run_layout.manifest(run_dir)
@@ -196,3 +232,25 @@ def record_resume(run_dir: str | Path, folder: Path, data_hash: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, default=str))
     os.replace(tmp, path)
+
+
+def truncate_progress(run_dir: str | Path, step: int) -> int:
+    """Keep the progress lines of steps up to `step` (a resume continues after it), dropping later ones and a
+    partly written last line; atomically. Returns how many lines were dropped."""
+    path = run_layout.progress(run_dir)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return 0
+    keep = []
+    for line in lines:
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(value, dict) or int(value.get("step", 0)) <= step:
+            keep.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
+    return len(lines) - len(keep)

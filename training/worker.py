@@ -12,7 +12,7 @@ import traceback
 from pathlib import Path
 
 from analysis.types import SpectrascopeError
-from training import run_layout
+from training import checkpoint, run_layout, tracking
 from training.jobs import JobStore
 
 HEARTBEAT_S = 2.0
@@ -70,7 +70,8 @@ def run_rank(store: JobStore, job_id: int) -> str:
     terminated = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: terminated.set())
     cancel_flag = run_layout.cancel_flag(run_dir)
-    result = train(job.config, run_dir, should_stop=lambda: terminated.is_set() or cancel_flag.exists())
+    result = train(job.config, run_dir, should_stop=lambda: terminated.is_set() or cancel_flag.exists(),
+                   resume_from=checkpoint.latest(run_dir))
     return str(result.get("status"))
 
 
@@ -92,20 +93,28 @@ def run_job(store: JobStore, job_id: int) -> str:
     def should_stop() -> bool:
         return terminated.is_set() or cancel_flag.exists()
 
+    resume_from = None if is_base_eval(job.config) else checkpoint.latest(run_dir)
+    if resume_from is not None:      # progress continues after the checkpoint's step: one line per step
+        checkpoint.truncate_progress(run_dir, checkpoint.step_of(resume_from))
+    tracker = tracking.start(job.id, job.name, job.config, run_dir)
     progress_file = open(run_layout.progress(run_dir), "a", encoding="utf-8")
 
     def progress(line: dict) -> None:
         line = {**line, "time": time.time()}
         progress_file.write(json.dumps(line) + "\n")
         progress_file.flush()
+        if tracker is not None:
+            tracker.progress(line)
 
     heartbeat = Heartbeat(store, job_id, run_dir)
     heartbeat.beat()
     heartbeat.start()
-    print(f"job {job_id} ({job.name}) started, pid {os.getpid()}, config {json.dumps(job.config)}", flush=True)
+    print(f"job {job_id} ({job.name}) started, pid {os.getpid()}, config {json.dumps(job.config)}"
+          + (f", resuming after step {checkpoint.step_of(resume_from)}" if resume_from else ""), flush=True)
     try:
+        resume = {"resume_from": resume_from} if resume_from is not None else {}
         runner = run_base_eval if is_base_eval(job.config) else train
-        result = runner(job.config, run_dir, progress=progress, should_stop=should_stop)
+        result = runner(job.config, run_dir, progress=progress, should_stop=should_stop, **resume)
         status = "cancelled" if result.get("status") == "cancelled" else "done"
         error = "cancelled" if status == "cancelled" else None
         if status == "done" and not is_base_eval(job.config):      # the New-run form's lm-eval pass, if asked
@@ -121,6 +130,8 @@ def run_job(store: JobStore, job_id: int) -> str:
         progress_file.close()
     result = {"job": job_id, "name": job.name, **result, "status": status}
     run_layout.result(run_dir).write_text(json.dumps(result, indent=2, default=str))
+    if tracker is not None:
+        tracker.finish(result, status)
     store.finish(job_id, status, error)
     print(f"job {job_id} {status}" + (f": {error}" if error and status == "failed" else ""), flush=True)
     return status
