@@ -301,8 +301,8 @@ def after_training(config: dict, run_dir: str | Path, run_id: int | str) -> dict
     tasks = (config or {}).get("lm_eval_tasks")
     if not tasks:
         return {}
-    print(f"lm-eval pass: {', '.join(parse_tasks(tasks))} (limit {config.get('lm_eval_limit')})", flush=True)
     try:
+        print(f"lm-eval pass: {', '.join(parse_tasks(tasks))} (limit {config.get('lm_eval_limit')})", flush=True)
         done = evaluate_run_dir(run_dir, str(run_id), tasks, config.get("lm_eval_include_path"),
                                 config.get("lm_eval_limit"), store=LmEvalStore())
     except Exception as exc:  # noqa: BLE001 - the trained run stands; the pass's failure is reported, not raised
