@@ -1,4 +1,4 @@
-"""CLI `python -m training {submit,list,show,cancel,logs,evaluate,study,study-show,study-list}`: parser and main()."""
+"""CLI `python -m training {submit,list,show,cancel,resume,logs,evaluate,study,study-show,study-list}`: parser and main()."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +11,7 @@ from analysis.types import SpectrascopeError
 # sub-command -> the module whose add_parser(subparsers) adds it and whose run(args) -> int runs it, in help order.
 # A new command module lists its COMMANDS here.
 SUBCOMMANDS = {"submit": "training.cli_jobs", "list": "training.cli_jobs", "show": "training.cli_jobs",
-               "cancel": "training.cli_jobs", "logs": "training.cli_jobs",
+               "cancel": "training.cli_jobs", "resume": "training.cli_jobs", "logs": "training.cli_jobs",
                "evaluate": "training.cli_evaluate",
                "study": "training.cli_study", "study-show": "training.cli_study", "study-list": "training.cli_study"}
 

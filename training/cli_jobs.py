@@ -1,4 +1,4 @@
-"""`python -m training {submit,list,show,cancel,logs}`: queue background fine-tunes and follow them from the shell."""
+"""`python -m training {submit,list,show,cancel,resume,logs}`: queue background fine-tunes and follow them from the shell."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import time
 
 from training.cli_common import add_set_option, add_trust_flag, parse_set, wait_for_job
 
-COMMANDS = ("submit", "list", "show", "cancel", "logs")
+COMMANDS = ("submit", "list", "show", "cancel", "resume", "logs")
 # Options of `submit` that map one-to-one onto TrainConfig fields: (flag, field, type, help).
 SUBMIT_OPTIONS = [
     ("--model", "model", str, "model folder or built-in name (default: the embedded all-MiniLM-L6-v2)"),
@@ -26,6 +26,11 @@ SUBMIT_OPTIONS = [
     ("--eval-every", "eval_every", int, "steps between validation passes (default 50, 0: only at the end)"),
     ("--gpus", "gpus", int, "GPUs for this job; more than one runs data-parallel processes under torchrun"),
     ("--cpu-processes", "cpu_processes", int, "data-parallel processes on a machine without GPUs (default 1)"),
+    ("--checkpoint-every", "checkpoint_every", int,
+     "steps between checkpoints for `resume` (default: at each validation pass; 0: none)"),
+    ("--keep-checkpoints", "keep_checkpoints", int, "newest checkpoints kept while the run goes (default 2)"),
+    ("--mlflow-uri", "mlflow_uri", str,
+     "MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///<data>/mlflow.db)"),
 ]
 
 
@@ -63,6 +68,7 @@ def add_parser(sub) -> None:
     add_set_option(p, "any other training option (value parsed as JSON when it can be), repeatable")
     p.add_argument("--name", help="run name: letters, digits, '_', '.', '-' (default: <method>-<task>)")
     add_trust_flag(p)
+    p.add_argument("--no-mlflow", action="store_true", help="do not log this run to MLflow")
     p.add_argument("--wait", action="store_true", help="block until the job ends; print its result as JSON")
     p.add_argument("--backend", default="local", choices=backend_names(),
                    help="where the run runs: local (this machine, default), slurm (one Slurm job), ray (a Ray job)")
@@ -79,6 +85,10 @@ def add_parser(sub) -> None:
     p.add_argument("id", type=int)
     p.add_argument("--grace", type=float, default=10.0, help="seconds before SIGTERM, then SIGKILL (default 10)")
 
+    p = sub.add_parser("resume", help="continue a cancelled, lost or failed run from its last checkpoint")
+    p.add_argument("id", type=int)
+    p.add_argument("--wait", action="store_true", help="block until the job ends; print its result as JSON")
+
     p = sub.add_parser("logs", help="the worker log of a job")
     p.add_argument("id", type=int)
     p.add_argument("--lines", type=int, default=50)
@@ -87,7 +97,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     """Run the job sub-command `args.command`."""
     return {"submit": run_submit, "list": run_list, "show": run_show, "cancel": run_cancel,
-            "logs": run_logs}[args.command](args)
+            "resume": run_resume, "logs": run_logs}[args.command](args)
 
 
 def submit_config(args) -> dict:
@@ -97,6 +107,8 @@ def submit_config(args) -> dict:
     config.update(parse_set(args.set))
     if getattr(args, "trust_remote_code", False):
         config["trust_remote_code"] = True
+    if getattr(args, "no_mlflow", False):
+        config["mlflow"] = False
     return config
 
 
@@ -109,7 +121,12 @@ def run_submit(args) -> int:
     if not args.wait:
         print(json.dumps({"job": job.id, "name": job.name, "status": job.status, "run_dir": job.run_dir}))
         return 0
-    job = wait_for_job(store, job.id)
+    return wait_and_summarise(store, job.id)
+
+
+def wait_and_summarise(store, job_id: int) -> int:
+    """`--wait`: follow the job to its end, print its outcome as one JSON line; 0 when it is done."""
+    job = wait_for_job(store, job_id)
     result = job.result() or {}
     summary = {"job": job.id, "name": job.name, "status": job.status, "run_dir": job.run_dir,
                "metrics": result.get("test") or {}, "validation": result.get("validation") or {},
@@ -155,6 +172,18 @@ def run_cancel(args) -> int:
     job = JobStore().cancel(args.id, grace=args.grace)
     print(f"job {job.id} {job.status}")
     return 0
+
+
+def run_resume(args) -> int:
+    from training.jobs import JobStore
+
+    store = JobStore()
+    job = store.resume(args.id)
+    print(f"job {job.id} ({job.name}) {job.status}: resuming in {job.run_dir}", file=sys.stderr)
+    if not args.wait:
+        print(json.dumps({"job": job.id, "name": job.name, "status": job.status, "run_dir": job.run_dir}))
+        return 0
+    return wait_and_summarise(store, job.id)
 
 
 def run_logs(args) -> int:
