@@ -1,4 +1,4 @@
-"""CLI `python -m training {submit,list,show,cancel,resume,logs,evaluate,study,study-show,study-list}`: parser and main()."""
+"""CLI `python -m training {submit,list,show,cancel,resume,logs,evaluate,study,…}`: the parser and main()."""
 from __future__ import annotations
 
 import argparse
