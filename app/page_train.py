@@ -171,6 +171,26 @@ def cancel_button(store: JobStore, job) -> None:
     st.rerun()                             # everything (table, polling) reflects the cancellation
 
 
+def resume_button(store: JobStore, job) -> None:
+    """A cancelled, lost or failed run with a checkpoint can continue from it (JobStore.resume)."""
+    from training import checkpoint
+
+    found = checkpoint.latest(job.run_dir) if job.run_dir else None
+    if found is None:
+        st.caption("No checkpoint was written before it stopped: it cannot be resumed (submit it again).")
+        return
+    step = checkpoint.step_of(found)
+    if not st.button(f"Resume from step {step}", icon=":material/play_arrow:", key=f"{K}resume_{job.id}",
+                     help="Queue it again in the same run folder: training continues after the last checkpoint."):
+        return
+    try:
+        store.resume(job.id)
+    except SpectrascopeError as err:
+        st.error(str(err), icon=":material/error:")
+        return
+    st.rerun()
+
+
 def run_detail(store: JobStore, jobs: list) -> None:
     """Pick a run (its id lives in the URL) and show its curves, log, metrics and artifacts."""
     by_id = {j.id: j for j in jobs}
@@ -209,6 +229,8 @@ def run_detail(store: JobStore, jobs: list) -> None:
         st.info(f"Run #{job.id} was cancelled.", icon=":material/cancel:")
     if not job.final:
         cancel_button(store, job)
+    elif job.status in ("cancelled", "lost", "failed"):
+        resume_button(store, job)
     if job.status == "running" and s["total"] and s["step"] >= s["total"]:
         st.caption("Training is over: testing on the test split and saving the artifacts…")
     if job.status == "queued":
