@@ -352,6 +352,7 @@ class JobStore:
         or has no checkpoint."""
         from training import checkpoint
 
+        self.reconcile()                   # a worker that just died is lost, and so resumable
         job = self.get(job_id)
         if not job.final or job.status == "done":
             raise SpectrascopeError(f"job {job.id} is {job.status}: only cancelled, lost or failed runs can be resumed")
