@@ -117,6 +117,8 @@ def run_job(store: JobStore, job_id: int) -> str:
         result = runner(job.config, run_dir, progress=progress, should_stop=should_stop, **resume)
         status = "cancelled" if result.get("status") == "cancelled" else "done"
         error = "cancelled" if status == "cancelled" else None
+        if status == "cancelled" and job.remote and terminated.is_set() and not cancel_flag.exists():
+            status = "stopped"    # the engine's SIGTERM (time limit, preemption), not a cancel: reconcile says why
         if status == "done" and not is_base_eval(job.config):      # the New-run form's lm-eval pass, if asked
             from training.lm_eval_harness import after_training
 
@@ -132,6 +134,9 @@ def run_job(store: JobStore, job_id: int) -> str:
     run_layout.result(run_dir).write_text(json.dumps(result, indent=2, default=str))
     if tracker is not None:
         tracker.finish(result, status)
+    if status == "stopped":          # the row stays running: the job store's reconcile records the engine's reason
+        print(f"job {job_id} stopped by {job.backend} (SIGTERM without a cancel request)", flush=True)
+        return status
     store.finish(job_id, status, error)
     print(f"job {job_id} {status}" + (f": {error}" if error and status == "failed" else ""), flush=True)
     return status
