@@ -63,9 +63,9 @@ def include_folder(path: str | Path | None) -> Path | None:
 def task_manager(tasks: list[str], include_path: str | Path | None = None):
     """An lm_eval TaskManager that knows every task in `tasks`: the shipped YAMLs and the include folder first
     (fast), lm-eval's own task index only when a name is not there; an unknown name is one line."""
+    paths = [TASKS_DIR] + [p for p in [include_folder(include_path)] if p is not None]
     from lm_eval.tasks import TaskManager
 
-    paths = [TASKS_DIR] + [p for p in [include_folder(include_path)] if p is not None]
     manager = TaskManager(include_defaults=False, include_path=[str(p) for p in paths])
     if any(t not in manager.all_tasks for t in tasks):
         manager = TaskManager(include_path=[str(p) for p in paths])       # lm-eval's own tasks too (~4 s)
