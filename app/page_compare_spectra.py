@@ -4,9 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,46 +13,29 @@ import streamlit as st
 
 from analysis import alpha_noise, intruders
 from analysis.config import DEFAULT_MODEL, data_dir
+from analysis.types import SpectrascopeError
+from training.jobs import NAME_RE
+from training.moe_lora import spectra
+from training.moe_lora.spectra import PER_EXPERT, ROUTED
 from training.runs_index import RunArtifact, list_runs, seed_pairs
-from analysis.types import MatrixInfo, SpectrascopeError
 from app import charts_spectra as cs
 from app import common
 
 VIEW = ("cs_base", "cs_ft", "cs_runs", "cs_k", "cs_eps", "cs_side", "cs_matrix", "cs_moe", "cs_m")
 common.register_view_keys(*VIEW)
-PER_EXPERT, ROUTED = "per expert", "routing-weighted mean update"
-MOE_MODES = {PER_EXPERT: "each expert merged on its own: W0 + s·B_e A_e (every expert is one matrix)",
-             ROUTED: "W0 + s·Σ_e mean gate_e · B_e A_e, the gate averaged over up to 64 validation examples"}
+MOE_MODES = spectra.MODES
 MOE_ALPHA = {PER_EXPERT: "the mean α over its experts' W0 + s·B_e A_e",
              ROUTED: "W0 + the routing-weighted mean update"}
 MAX_MEMO = 16
-ROUTED_EXAMPLES = 64
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MITIGATION_STATE = "cs_mitigation"
 ALPHA_SCORE = ("alphalora_score", "AlphaLoRA layer score α")
 
 
 # ---------------------------------------------------------------- view state (mirrored into the URL)
 
-def seed_from_url() -> None:
-    """This page's view settings from the URL on first visit (common.init_view may have run before import)."""
-    for name in VIEW:
-        if f"view_{name}" not in st.session_state and name in st.query_params:
-            st.session_state[f"view_{name}"] = st.query_params[name]
-
-
 def bound(widget, label: str, name: str, default, parse, where=None, **kw):
-    """A widget whose value is the view setting `name` (str in the view, parsed for the widget)."""
-    key = f"w_{name}"
-    try:
-        value = parse(common.view(name, str(default)))
-    except (TypeError, ValueError):
-        value = default
-    st.session_state[key] = value
-    common.set_view(name, value)
-    return getattr(where or st, widget)(label, key=key,
-                                                  on_change=lambda: common.set_view(name, st.session_state[key]),
-                                                  **kw)
+    """common.bound at the view's value of `name` as `parse` reads (and clamps) it, else `default`."""
+    return common.bound(widget, label, name, common.parsed_view(name, default, parse), where=where, **kw)
 
 
 def manual_sides() -> list[list[str]]:
@@ -118,27 +99,9 @@ def build_sides(base: str, runs: list[RunArtifact], chosen: list[str], manual: l
 
 # ---------------------------------------------------------------- computation (memoised, with progress)
 
-@st.cache_resource(show_spinner=False)
-def _memo() -> tuple[OrderedDict, threading.Lock]:
-    """Comparisons kept in memory across reruns and sessions, keyed by source identities + settings."""
-    return OrderedDict(), threading.Lock()
-
-
-def _memo_get(key: str):
-    store, lock = _memo()
-    with lock:
-        if key in store:
-            store.move_to_end(key)
-            return store[key]
-    return None
-
-
-def _memo_put(key: str, value) -> None:
-    store, lock = _memo()
-    with lock:
-        store[key] = value
-        while len(store) > MAX_MEMO:
-            store.popitem(last=False)
+def _memo() -> common.LRUMemo:
+    """Comparisons and α tables kept in memory across reruns and sessions, keyed by source identities + settings."""
+    return common.shared_memo("compare_spectra", MAX_MEMO)
 
 
 def _stamp(folder: Path) -> list:
@@ -156,67 +119,6 @@ def _merged_analysis(side: Side, device: str):
     return alpha_noise.layer_alphas(result.rows, result.evals)
 
 
-def _moe_report(side: Side, mode: str, top_k: int, progress):
-    """Intruders of a MoE-LoRA run: per expert (W0 + s·B_e A_e) or for the routing-weighted mean update."""
-    from analysis.naming import layer_index, module_kind
-    from analysis.sources import open_source
-    from training import data
-    from training.moe_lora import merged_expert_weights, moe_lora_layers, routing_weighted_delta
-    from training.moe_lora.layer import base_weight
-    from training.trainer import encode, load_artifacts
-
-    base_src = open_source(side.base)
-    model, tokenizer, cfg, task, rows, decoder = load_artifacts(side.run.folder, device="cpu")
-    layers = dict(moe_lora_layers(model))
-    by_name = {i.name: i for i in base_src.matrices()}
-    cache = intruders.BaseSvdCache(base_src)
-    base_of: dict[str, MatrixInfo] = {}
-
-    def base_info(module: str, W0) -> MatrixInfo:
-        full = module + ".weight"
-        hits = [i for n, i in by_name.items() if n == full or full.endswith("." + n)]
-        if len(hits) == 1 and (hits[0].rows, hits[0].cols) == tuple(W0.shape):
-            return hits[0]
-        return MatrixInfo(full, layer_index(full), module_kind(full), *W0.shape)
-
-    def w0(module: str):
-        return base_weight(layers[module].base_layer).float().cpu()
-
-    if mode == PER_EXPERT:
-        total = sum(layer.n_experts for layer in layers.values())
-
-        def pairs():
-            for name, W in merged_expert_weights(model):
-                module, e = name.rsplit(".experts.", 1)
-                W0 = w0(module)
-                b = base_info(module, W0)
-                info = MatrixInfo(f"{b.name} [expert {e}]", b.layer, b.module, b.rows, b.cols,
-                                  notes=(f"MoE-LoRA expert {e} merged",))
-                base_of[info.name] = b
-                yield info, W0, W
-    else:
-        split = rows.get("validation") or rows.get("train") or []
-        if not split:
-            raise SpectrascopeError(f"run {side.run.key} has no validation or training rows to average the routing "
-                                    "over: use the per-expert view")
-        batches = data.batches(encode(task, split[:ROUTED_EXAMPLES], tokenizer, cfg, decoder), cfg.batch_size,
-                               shuffle=False)
-        deltas = routing_weighted_delta(model, batches)
-        total = len(deltas)
-
-        def pairs():
-            for module, D in deltas.items():
-                W0 = w0(module)
-                b = base_info(module, W0)
-                info = dataclasses.replace(b, notes=("MoE-LoRA routing-weighted mean update",))
-                base_of[info.name] = b
-                yield info, W0, W0 + D
-
-    return intruders.compare_matrices(pairs(), top_k, intruders.EPSILON, progress, total=total,
-                                      base_svd=lambda info, W0: cache(base_of[info.name], W0),
-                                      base_label=base_src.label, finetuned_label=side.label)
-
-
 def compare_side(side: Side, top_k: int, moe_mode: str, bar, index: int, count: int):
     """The side's IntruderReport (memoised); the progress bar shows matrices done / total and an ETA."""
     t0 = time.perf_counter()
@@ -231,19 +133,19 @@ def compare_side(side: Side, top_k: int, moe_mode: str, bar, index: int, count: 
         from analysis.sources import open_source
         key = json.dumps(["moe", open_source(side.base).identity(), str(side.run.artifact),
                           _stamp(side.run.artifact), moe_mode, top_k], default=str)
-        report = _memo_get(key)
+        report = _memo().get(key)
         if report is None:
             bar.progress(0.0, text=f"Loading MoE-LoRA run {side.label} …")
-            report = _moe_report(side, moe_mode, top_k, progress)
-            _memo_put(key, report)
+            report = spectra.intruder_report(side.run.folder, side.base, moe_mode, top_k, progress, side.label)
+            _memo().put(key, report)
         return report
     pair = None if side.merged else _source_pair(side)  # a merged run is loaded only when it is not memoised
     ident = [s.identity() for s in pair] if pair else [side.base, str(side.run.artifact), _stamp(side.run.artifact)]
     key = json.dumps(["pair", *ident, top_k], default=str)
-    report = _memo_get(key)
+    report = _memo().get(key)
     if report is None:
         report = intruders.compare(*(pair or _source_pair(side)), top_k, intruders.EPSILON, progress)
-        _memo_put(key, report)
+        _memo().put(key, report)
     return report
 
 
@@ -409,11 +311,7 @@ def matrix_section(reports: dict, eps: float) -> None:
 
 def _alpha_memo(key, compute):
     """Per-layer α tables memoised like the reports (computing the matrices' SEs takes a moment)."""
-    value = _memo_get(key)
-    if value is None:
-        value = compute()
-        _memo_put(key, value)
-    return value
+    return _memo().get_or_compute(key, compute)
 
 
 def _result_key(result) -> str:
@@ -561,7 +459,7 @@ def show_mitigation(done: dict, before: intruders.IntruderReport, eps: float) ->
 # ---------------------------------------------------------------- page
 
 def main() -> None:
-    seed_from_url()
+    common.seed_view(*VIEW)
     st.title("Compare spectra")
     st.caption("What did fine-tuning do to the weights? For each matrix, the top-k singular vectors of the "
                "fine-tuned W are matched against all singular vectors of the base W0; a fine-tuned direction "

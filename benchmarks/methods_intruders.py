@@ -34,20 +34,12 @@ def tuned_pairs(method, run_dir: Path):
 
     base = open_source(None)
     if method.weights == "moe":
-        from analysis.naming import layer_index, module_kind
-        from analysis.types import MatrixInfo
-        from training.moe_lora import merged_expert_weights
+        from training.moe_lora.spectra import expert_pairs
         from training.trainer import load_artifacts
 
         model = load_artifacts(run_dir, device="cpu")[0]
-        by_name = {i.name: i for i in base.matrices()}
-        for name, W in merged_expert_weights(model):
-            module, expert = name.rsplit(".experts.", 1)
-            hits = [i for n, i in by_name.items() if (module + ".weight").endswith("." + n) or module + ".weight" == n]
-            info = hits[0] if len(hits) == 1 else MatrixInfo(module + ".weight", layer_index(module + ".weight"),
-                                                             module_kind(module + ".weight"), *W.shape)
-            yield MatrixInfo(f"{info.name} [expert {expert}]", info.layer, info.module, info.rows, info.cols), \
-                torch.from_numpy(base.load_array(info.name)), W
+        for info, b, W0, W in expert_pairs(model, base, method.label, method.unit):
+            yield info, W0, W
         return
     art = run_dir / "artifacts" / method.artifact_dir
     if method.weights == "adapter":

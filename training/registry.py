@@ -61,6 +61,7 @@ class Method:
     #                                          (LoRA, MoE-LoRA, full: from the measured study, docs/study_default.md)
     needs_task_data: bool = False            # attach reads the training rows (a calibration pass)
     loss_note: str | None = None             # what its training loss adds to the task loss (the Train page says so)
+    unit: str = "expert"                     # weights "moe": what one routed B·A is called ("module" in MiLoRA)
 
     def option_values(self, given: dict | None) -> Any:
         """The method's own options from TrainConfig.method_options (defaults filled); unknown keys are an error."""

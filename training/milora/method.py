@@ -55,7 +55,7 @@ def describe(config: dict) -> str:
 
 
 METHOD = Method(
-    name="milora", label="MiLoRA (prompt-routed)",
+    name="milora", label="MiLoRA (prompt-routed)", unit="module",
     summary="a LoRA per adapted projection; a router per block picks top-k of them once per prompt",
     default_lr=1e-3,      # the adapters' rate from docs/sweep_default.md (not swept for MiLoRA itself)
     artifact_dir="milora", attach=attach, save=save, load=load,
