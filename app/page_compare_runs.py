@@ -353,7 +353,32 @@ def results(choice: str) -> bool:
                "PNG: the camera icon at the top right of each chart saves it" +
                ("." if HAS_KALEIDO else " (kaleido is not installed, so the browser draws the PNG)."))
     spectra_links(runs, stem)
+    lm_eval_section(runs, stem)
     return active
+
+
+def lm_eval_section(runs: pd.DataFrame, stem: str) -> None:
+    """lm-evaluation-harness results of these runs and their base models (evaluate --harness lm_eval, or the
+    New-run form's end-of-run pass), with lm-eval's stderr as the interval; nothing when none are stored."""
+    from app import charts_lm_eval
+    from training.evaluation import base_id
+    from training.lm_eval_harness import results_frame
+
+    ids = set(runs["run_id"].astype(str)) | {base_id(m) for m in runs["model"].dropna().unique()}
+    frame = results_frame(sorted(ids))
+    if frame.empty:
+        return
+    frame = charts_lm_eval.labelled(frame, dict(zip(runs["run_id"].astype(str), runs["name"].astype(str))))
+    st.subheader("lm-evaluation-harness")
+    c1, c2, _ = st.columns([2, 2, 2])
+    task = c1.selectbox("lm-eval task", sorted(frame["task"].unique()), key=f"lm_eval_task_{stem}")
+    metric = c2.selectbox("lm-eval metric", sorted(frame[frame["task"] == task]["metric"].unique()),
+                          key=f"lm_eval_metric_{stem}_{task}")
+    chart(charts_lm_eval.bars(frame, task, metric), "lm_eval", stem)
+    st.dataframe(charts_lm_eval.table(frame), hide_index=True, width="stretch")
+    st.caption("Scored by lm-evaluation-harness on the task's test split (docs/lm_eval.md). Interval: ± 1.96 × "
+               "lm-eval's own standard error over the documents scored (none for perplexities); with a limit, "
+               "the number comes from the first N documents only.")
 
 
 def paired_section(record: dict, jobs: list) -> None:
