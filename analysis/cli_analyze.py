@@ -15,8 +15,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="per-matrix ESD metrics and heavy-tail α of a model",
                        description="Analyse every 2-D weight matrix of MODEL (default: the embedded "
                                    "all-MiniLM-L6-v2): a checkpoint folder, a .safetensors/.bin/.gguf file, a "
-                                   "cached hub id, or a built-in name (all-MiniLM-L6-v2, SmolLM2-135M-Instruct).")
-    p.add_argument("model", nargs="?", default=None, help="model folder, file, cached hub id or built-in name")
+                                   "hub id ORG/NAME[@REVISION] (downloaded into the Hugging Face cache unless "
+                                   "HF_HUB_OFFLINE=1; see docs/hub.md), or a built-in name (all-MiniLM-L6-v2, "
+                                   "SmolLM2-135M-Instruct).")
+    p.add_argument("model", nargs="?", default=None,
+                   help="model folder, file, hub id ORG/NAME[@REVISION] or built-in name")
     p.add_argument("--adapter", help="PEFT LoRA adapter folder, merged into MODEL before analysis")
     p.add_argument("--out", help="write one row per matrix to FILE.csv or FILE.json")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
@@ -34,20 +37,47 @@ def _print_layers(layers: list[dict], file=sys.stdout) -> None:
     print(format_table(layers, cols), file=file)
 
 
+def _download_bar():
+    """A (callback, close) pair drawing a hub download's bytes as a tqdm bar on stderr."""
+    from tqdm import tqdm
+    bar = None
+
+    def update(done: int, total: int, name: str) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc="downloading", unit="B", unit_scale=True, unit_divisor=1024,
+                       file=sys.stderr, leave=False, disable=None if sys.stderr.isatty() else False)
+        bar.total, bar.n = total, done
+        bar.set_postfix_str(name[-40:], refresh=False)
+        bar.refresh()
+
+    def close() -> None:
+        if bar is not None:
+            bar.close()
+
+    return update, close
+
+
 def _run_native(args) -> int:
     from analysis import esd
     from analysis.engine import analyze
     update, close = tqdm_progress("analysing")
+    fetched, fetch_close = _download_bar()
     try:
-        res = analyze(args.model, args.adapter, device=args.device, use_cache=not args.no_cache, progress=update)
+        res = analyze(args.model, args.adapter, device=args.device, use_cache=not args.no_cache, progress=update,
+                      download=fetched)
     finally:
+        fetch_close()
         close()
     for flag in res.flags:
         print(f"note: {flag}")
+    origin = {k: v for k, v in (res.identity or {}).get("hub", {}).items() if k in ("repo", "commit")}
+    if origin:
+        print(f"note: {origin['repo']} at commit {origin['commit']}")
     from analysis.engine import COLUMNS, json_rows
     if args.out:
-        write_rows(res.rows, COLUMNS, args.out, {"model": res.model, "flags": res.flags,
-                                                 "layers": json_rows(res.layer_rows)})
+        write_rows(res.rows, COLUMNS, args.out, {"model": res.model, "flags": res.flags, **({"hub": origin} if origin
+                                                 else {}), "layers": json_rows(res.layer_rows)})
     else:
         print(format_table(res.rows, CONTRACT + ["alpha_se", "verdict"]))
         print()
@@ -70,8 +100,12 @@ def _run_weightwatcher(args) -> int:
     if args.adapter:
         raise SpectrascopeError("--engine weightwatcher cannot merge --adapter; analyse the merged model "
                                 "(peft merge_and_unload + save_pretrained) or use --engine native")
-    src = open_source(args.model)
-    folder = src.hf_folder()
+    fetched, fetch_close = _download_bar()
+    try:
+        src = open_source(args.model, download=fetched)
+        folder = src.hf_folder()
+    finally:
+        fetch_close()
     if folder is None:
         raise SpectrascopeError(f"{src.label} is not a folder transformers can load; weightwatcher needs one")
     print("running weightwatcher 0.7.7 analyze() in a subprocess…", file=sys.stderr)

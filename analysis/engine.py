@@ -319,8 +319,9 @@ def resolve_device(device: str = "auto") -> str:
 
 def analyze(model=None, adapter=None, *, device: str = "auto", use_cache: bool = True,
             progress: Progress | None = None, source=None, batch_size: int | None = None,
-            workers: int | None = None) -> AnalysisResult:
-    """Analyse every 2-D weight matrix of a model (see analysis.sources.open_source for what `model` may be).
+            workers: int | None = None, download=None) -> AnalysisResult:
+    """Analyse every 2-D weight matrix of a model (see analysis.sources.open_source for what `model` may be;
+    `download(done_bytes, total_bytes, file)` reports a hub model's download, which runs while it is analysed).
 
     Streams the matrices; on CUDA same-shape matrices go through one batched eigvalsh (batch_size, default 8);
     on CPU `workers` threads (default: one per core, at most 4) each run single-threaded LAPACK on their own
@@ -330,7 +331,7 @@ def analyze(model=None, adapter=None, *, device: str = "auto", use_cache: bool =
     """
     from analysis.sources import open_source
     device = resolve_device(device)
-    src = source if source is not None else open_source(model, adapter)
+    src = source if source is not None else open_source(model, adapter, download=download)
     settings = {"evals_thresh": esd.EVALS_THRESH, "hill_bins": esd.HILL_BINS, "ks_d_max": esd.KS_D_MAX,
                 "alpha_spurious": esd.ALPHA_SPURIOUS, "min_tail": esd.MIN_TAIL, "gram_rcond": esd.GRAM_RCOND}
     identity = src.identity()

@@ -27,7 +27,7 @@ _SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF
                        "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32",
                        "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 _NUMPY_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2"}   # memory-mapped as NumPy: no torch import needed
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")   # org/name[@revision]: analysis.hub
 
 
 def _stamp(path: Path) -> dict:
@@ -296,7 +296,7 @@ class ModelSource:
                  folder: Path | None = None, extra_identity: dict | None = None, trust_remote_code: bool = False):
         self.label = label
         self.reader = reader
-        self.kind = kind                      # "builtin", "folder", "file", "hub-cache", "module"
+        self.kind = kind                      # "builtin", "folder", "file", "hub", "hub-cache", "module"
         self.config = config
         self.flags = tuple(flags)
         self.folder = folder                  # the checkpoint folder transformers can load, if any
@@ -512,29 +512,23 @@ def _open_file(path: Path, trust_remote_code: bool) -> ModelSource:
                        trust_remote_code=trust_remote_code)
 
 
-def _from_hub_cache(repo_id: str) -> Path:
-    """The snapshot folder of a hub id in the local Hugging Face cache (never the network)."""
-    from huggingface_hub import constants, snapshot_download
-    try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception as e:
-        raise SourceError(f"{repo_id!r} is not a local file or folder, and it is not in the local Hugging Face cache "
-                          f"({constants.HF_HUB_CACHE}); there is no network here: download it elsewhere "
-                          f"(e.g. `hf download {repo_id}`) and copy it in, or give a folder path") from e
-
-
 def _resolve_path(spec: str | os.PathLike) -> tuple[Path, str]:
-    """(existing path, kind) for a local path or a cached hub id."""
+    """(existing path, kind) for a local path or a cached hub id (an adapter: never downloaded)."""
+    from . import hub
     path = Path(spec).expanduser()
     if path.exists():
         return path, "folder" if path.is_dir() else "file"
-    if _HUB_ID.match(str(spec)):
-        return _from_hub_cache(str(spec)), "hub-cache"
+    if hub.parse_spec(spec):
+        folder = hub.cached_snapshot(*hub.parse_spec(spec))
+        if folder is None:
+            raise SourceError(f"the adapter {spec!r} is not a local folder nor in the local Hugging Face cache: "
+                              f"download it (`hf download {spec}`) or give its folder path")
+        return folder, "hub-cache"
     raise SourceError(f"no such file or folder: {path}; give a checkpoint folder, a .safetensors/.bin/.gguf file, "
-                      f"a cached hub id, or a built-in ({', '.join(BUILTINS)})")
+                      f"a hub id (org/name[@revision]), or a built-in ({', '.join(BUILTINS)})")
 
 
-def _open_base(model, trust_remote_code: bool) -> ModelSource:
+def _open_base(model, trust_remote_code: bool, download=None) -> ModelSource:
     if model is None:
         model = DEFAULT_MODEL
     torch = sys.modules.get("torch")         # an nn.Module can only exist if torch is imported already
@@ -548,14 +542,17 @@ def _open_base(model, trust_remote_code: bool) -> ModelSource:
     builtin = resolve_builtin(str(model)) if not Path(model).expanduser().exists() else None
     if builtin is not None:
         return _open_folder(builtin_folder(builtin), builtin, "builtin", trust_remote_code)
+    path = Path(model).expanduser()
+    if not path.exists() and _HUB_ID.match(str(model)):
+        from .hub_source import open_hub
+        return open_hub(str(model), trust_remote_code, download)
     path, kind = _resolve_path(model)
     if kind == "file":
         return _open_file(path, trust_remote_code)
     if (path / "adapter_config.json").is_file():
         return open_source(None, path, trust_remote_code=trust_remote_code)
     builtin = builtin_for_folder(path)
-    label = builtin or (str(model) if kind == "hub-cache" else path.resolve().name)
-    return _open_folder(path, label, "builtin" if builtin else kind, trust_remote_code)
+    return _open_folder(path, builtin or path.resolve().name, "builtin" if builtin else kind, trust_remote_code)
 
 
 def _adapter_folder(adapter) -> Path:
@@ -575,20 +572,21 @@ def _adapter_base(folder: Path):
     if resolve_builtin(base) or Path(base).expanduser().is_dir():
         return base
     if _HUB_ID.match(base):
-        try:
-            return _from_hub_cache(base)
-        except SourceError:
-            pass
+        from . import hub
+        if not hub.offline_mode() or hub.cached_snapshot(*hub.parse_spec(base)) is not None:
+            return base                     # opened (and downloaded if need be) as a hub id
     raise SourceError(f"the adapter {folder} was trained on {base!r}, which is not available here; "
                       "pass its base model (a folder or a built-in) as model")
 
 
-def open_source(model=None, adapter=None, *, trust_remote_code: bool = False) -> ModelSource:
-    """Open a model (built-in name or alias, folder, weight file, cached hub id, nn.Module; None = the default
-    built-in) with an optional PEFT LoRA adapter merged into it (model=None then uses the adapter's base)."""
+def open_source(model=None, adapter=None, *, trust_remote_code: bool = False, download=None) -> ModelSource:
+    """Open a model (built-in name or alias, folder, weight file, hub id `org/name[@revision]`, nn.Module; None = the
+    default built-in) with an optional PEFT LoRA adapter merged into it (model=None then uses the adapter's base).
+    A hub id that is not cached is downloaded as it is read (analysis.hub); `download(done, total, file)` reports
+    its bytes."""
     if adapter is None:
-        return _open_base(model, trust_remote_code)
+        return _open_base(model, trust_remote_code, download)
     folder = _adapter_folder(adapter)
     if model is None:
         model = _adapter_base(folder)
-    return _open_base(model, trust_remote_code).with_adapter(folder)
+    return _open_base(model, trust_remote_code, download).with_adapter(folder)

@@ -236,10 +236,11 @@ def model_inputs(prefix: str = "", where=None, title: str = "Model") -> tuple[st
                            help="The embedded default (all-MiniLM-L6-v2) needs nothing else. SmolLM2 is a 4-bit "
                                 "GGUF converted once (about a minute the first time).")
     if kind == OTHER:
-        where.text_input("Checkpoint folder, .safetensors/.gguf file, or cached hub id", key=path_key,
-                         on_change=path_changed, placeholder="/path/to/checkpoint  or  org/name",
-                         help="Press Enter to analyse. Nothing is downloaded: a hub id must already be in the "
-                              "local Hugging Face cache.")
+        where.text_input("Checkpoint folder, .safetensors/.gguf file, or hub id", key=path_key,
+                         on_change=path_changed, placeholder="/path/to/checkpoint  or  org/name[@revision]",
+                         help="Press Enter to analyse. A hub id that is not in the local Hugging Face cache is "
+                              "downloaded (safetensors weights, config, tokenizer; HF_TOKEN or `hf auth login` for "
+                              "gated models), unless HF_HUB_OFFLINE=1 is set.")
         if model in BUILTINS:
             where.caption(f"Still showing {model}: enter a path and press Enter.")
     adapter = bound_text("PEFT adapter folder (optional)", aname, where=where,
@@ -349,8 +350,14 @@ def analysis_for(choice: ModelChoice, where=None):
         bar.progress(min(done / max(total, 1), 1.0),
                      text=f"Analysing {choice.label}: {done}/{total} matrices · ETA {eta:,.0f} s · {name}")
 
+    def download(done: int, total: int, name: str) -> None:
+        mb = 1024 * 1024
+        bar.progress(min(done / max(total, 1), 1.0),
+                     text=f"Downloading {choice.model}: {done / mb:,.0f} / {total / mb:,.0f} MB · {name}")
+
     try:
-        result = engine.analyze(choice.model, choice.adapter, device=choice.device, progress=progress)
+        result = engine.analyze(choice.model, choice.adapter, device=choice.device, progress=progress,
+                                download=download)
     except SpectrascopeError as err:
         box.empty()
         show_error(err, choice)

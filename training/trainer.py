@@ -278,12 +278,16 @@ def pick_device(choice: str) -> torch.device:
 
 def write_manifest(run_dir: Path, cfg: TrainConfig, folder: Path, rows: dict, decoder: bool,
                    processes: int = 1) -> dict:
-    """manifest.json: the config, seed, allocation, model folder, package versions and the data hash."""
+    """manifest.json: the config, seed, allocation, model folder (and, for a hub model, its repo and resolved
+    commit: `hub`), package versions and the data hash."""
     from importlib.metadata import version
+
+    from analysis.hub import snapshot_origin
 
     manifest = {
         "config": asdict(cfg), "seed": cfg.seed, "method": cfg.method, "allocation": cfg.allocation,
-        "model": cfg.model or DEFAULT_MODEL, "model_folder": str(folder), "decoder": decoder, "task": cfg.task,
+        "model": cfg.model or DEFAULT_MODEL, "model_folder": str(folder), "hub": snapshot_origin(folder),
+        "decoder": decoder, "task": cfg.task,
         "rows": {split: len(r) for split, r in rows.items()}, "data_hash": data_hash(rows), "processes": processes,
         "versions": {"python": platform.python_version(),
                      **{name: version(name) for name in ("torch", "transformers", "peft", "accelerate")}},
