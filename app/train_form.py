@@ -365,6 +365,15 @@ def run_form(store: JobStore):
         trust = st.checkbox("Trust remote code", key=_default("trust_remote_code", DEFAULTS.trust_remote_code),
                             help="Run the model folder's own Python code (config.json auto_map): only for code "
                                  "you trust. Recorded in the run's manifest.")
+        lm_tasks = st.text_input("lm-eval tasks after training", key=_default("lm_eval_tasks", ""),
+                                 placeholder="e.g. spectrascope_trec,spectrascope_hamlet",
+                                 help="Causal LMs: score the finished run with lm-evaluation-harness on these tasks "
+                                      "(comma-separated; shipped: spectrascope_rotten_tomatoes, spectrascope_trec, "
+                                      "spectrascope_hamlet). Results go to Compare runs; a failed pass is a "
+                                      "warning in the run's log, not a failed run (docs/lm_eval.md).").strip()
+        lm_limit = st.number_input("lm-eval documents per task", 1, 10**7, None, step=100,
+                                   key=_default("lm_eval_limit", DEFAULTS.lm_eval_limit, int),
+                                   placeholder="all documents", help="The first N documents of each task")
     st.markdown("**Allocation**")
     allocation, problems = allocation_section(method, model)
     if model:                              # config, architecture, weights, tokenizer: cached per folder state
@@ -390,6 +399,9 @@ def run_form(store: JobStore):
     config["load_balance_coef"], config["routing"] = float(balance), routing
     if own:
         config["method_options"] = own
+    if lm_tasks:                           # checked at submit: task names, a causal LM (training.lm_eval_harness)
+        config["lm_eval_tasks"] = [t.strip() for t in lm_tasks.split(",") if t.strip()]
+        config["lm_eval_limit"] = None if lm_limit is None else int(lm_limit)
     if "experts" in spec.takes:
         if allocation is None:
             config["experts"] = int(st.session_state.get(K + "experts", DEFAULTS.experts))
