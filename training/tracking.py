@@ -46,12 +46,33 @@ def destination(config: dict) -> str | None:
 
 
 def client(uri: str):
-    """An MlflowClient for `uri`; for a local SQLite store, its file's folder is made first."""
+    """An MlflowClient for `uri`; a local SQLite store that does not exist yet is created atomically first."""
     from mlflow import MlflowClient
 
     if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        create_store(Path(uri[len("sqlite:///"):]))
     return MlflowClient(tracking_uri=uri)
+
+
+def create_store(path: Path) -> None:
+    """Create MLflow's SQLite store at `path` when missing: its tables are made in a temporary file (MLflow's own
+    migrations, ~5 s), then linked into place. A worker killed meanwhile, or two creating it at once, never
+    leave a half-made store (MLflow cannot open one: 'table … already exists')."""
+    if path.exists():
+        return
+    from mlflow import MlflowClient
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)
+        try:
+            os.link(tmp, path)                # atomic, and never over a store another process made meanwhile
+        except FileExistsError:
+            pass
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def experiment_id(mlflow_client, uri: str) -> str:
@@ -200,8 +221,10 @@ class Tracker(threading.Thread):
     history keeps one entry per step.
     """
 
-    def __init__(self, job_id: int, name: str, config: dict, run_dir: str | Path, uri: str):
+    def __init__(self, job_id: int, name: str, config: dict, run_dir: str | Path, uri: str,
+                 earlier: list[dict] | None = None):
         super().__init__(daemon=True, name="mlflow")
+        self.earlier = list(earlier or [])      # progress lines before this process (a resumed run's)
         self.job_id, self.name, self.config, self.run_dir, self.uri = job_id, name, config, Path(run_dir), uri
         self.inbox: queue.Queue = queue.Queue()
         self.run_id: str | None = None
@@ -224,6 +247,9 @@ class Tracker(threading.Thread):
         except Exception as exc:  # noqa: BLE001 - tracking never fails a run
             self._fail("could not open the run", exc)
         pending, skip, last = [], self._logged_steps(), time.monotonic()
+        for line in self.earlier:            # steps up to the checkpoint that MLflow has not got (killed before)
+            if "step" in line and int(line["step"]) not in skip:
+                pending += _metrics(progress_metrics(line), int(line["step"]))
         while True:
             try:
                 kind, value = self.inbox.get(timeout=FLUSH_S)
@@ -313,6 +339,8 @@ def start(job_id: int, name: str, config: dict, run_dir: str | Path) -> Tracker 
     uri = destination(config)
     if uri is None:
         return None
-    tracker = Tracker(job_id, name, config, run_dir, uri)
+    from training.jobs import read_jsonl
+
+    tracker = Tracker(job_id, name, config, run_dir, uri, read_jsonl(run_layout.progress(run_dir)))
     tracker.start()
     return tracker
