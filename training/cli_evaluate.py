@@ -1,5 +1,4 @@
-"""`python -m training evaluate`: score a finished run or a base model (our own harness or lm-evaluation-harness);
-the numbers go to SQLite."""
+"""`python -m training evaluate`: score a run or a base model (our harness or lm-eval); numbers go to SQLite."""
 from __future__ import annotations
 
 import json
