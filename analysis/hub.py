@@ -85,31 +85,35 @@ def explain(err: Exception, spec: str) -> SourceError:
     repo, revision = parse_spec(spec) or (spec, None)
     url = endpoint()
     status = getattr(getattr(err, "response", None), "status_code", None)
-    if isinstance(err, GatedRepoError) or (status in (401, 403) and not isinstance(err, RevisionNotFoundError)):
-        has = "the token in use has no access to it" if get_token() else "no token is set"
-        return SourceError(f"access to {repo} was refused ({status or 'gated'}: a gated or private repository, "
-                           f"{has}): accept its terms at {url}/{repo} and log in with `hf auth login` or set "
-                           "HF_TOKEN to a token that can read it")
+    token = "the token in use has no access to it" if get_token() else "no token is set"
+    said = " ".join(str(err).split())[:300]                 # huggingface_hub's messages span lines
+    if isinstance(err, GatedRepoError):
+        return SourceError(f"access to {repo} was refused ({status}: a gated repository, {token}): accept its terms "
+                           f"at {url}/{repo} and log in with `hf auth login` or set HF_TOKEN to a token that can "
+                           "read it")
     if isinstance(err, RevisionNotFoundError):
         return SourceError(f"no such revision {revision!r} of {repo} on the hub (check the id / revision: a branch, "
                            "tag or commit hash)")
-    if isinstance(err, RepositoryNotFoundError) or status == 404 and not isinstance(err, RemoteEntryNotFoundError):
+    if isinstance(err, RepositoryNotFoundError):
         return SourceError(f"no such model on the hub: {repo} (check the id / revision; a private repository also "
-                           "answers this without a token: `hf auth login` or HF_TOKEN)")
+                           f"answers this when {token}: `hf auth login` or HF_TOKEN)")
+    if status in (401, 403):
+        return SourceError(f"access to {repo} was refused ({status}, {token}): log in with `hf auth login` or set "
+                           "HF_TOKEN to a token that can read it")
     if isinstance(err, RemoteEntryNotFoundError):
-        return SourceError(f"{repo}: a file the repository lists is missing on the hub ({err}); try another revision")
+        return SourceError(f"{repo}: a file the repository lists is missing on the hub ({said}); try another revision")
     if isinstance(err, OfflineModeIsEnabled):
         return not_cached_error(spec)
     if isinstance(err, (httpx2.TransportError, LocalEntryNotFoundError, ConnectionError, TimeoutError)):
         return SourceError(f"could not reach {url} to download {spec} ({type(err).__name__}): no network? Connect, "
-                           "or download it elsewhere (`hf download …`) into the Hugging Face cache, or give a folder "
-                           "path; set HF_ENDPOINT if you use a mirror")
+                           f"or download it elsewhere (`hf download {repo}`) into the Hugging Face cache, or give a "
+                           "folder path; set HF_ENDPOINT if you use a mirror")
     if isinstance(err, OSError) and "Consistency check failed" in str(err):
-        return SourceError(f"a download of {spec} ended short ({err}); run again to retry")
+        return SourceError(f"a download of {spec} ended short ({said}); run again to retry")
     if isinstance(err, OSError):
-        return SourceError(f"could not write {spec} into the Hugging Face cache ({err}); free disk space or set "
+        return SourceError(f"could not write {spec} into the Hugging Face cache ({said}); free disk space or set "
                            "HF_HOME to a writable folder")
-    return SourceError(f"downloading {spec} from {url} failed: {type(err).__name__}: {str(err)[:300]}")
+    return SourceError(f"downloading {spec} from {url} failed: {type(err).__name__}: {said}")
 
 
 # --------------------------------------------------------------------------------------------- file choice
@@ -263,13 +267,15 @@ class HubModel:
     fmt: str                                           # "safetensors" or "bin"
     weights: list[str]
     download: Download
+    tokenizer: list[str]                               # tokenizer files still to fetch (first, before the weights)
     headers: dict[str, dict] = field(default_factory=dict)   # missing safetensors file -> {tensor: (shape, code)}
 
 
 def resolve(spec: str, progress: DownloadProgress | None = None) -> HubModel:
     """Resolve `org/name[@revision]` online: its commit and the files to read; config.json and the shard index are
     fetched now, the safetensors headers of missing shards read with HTTP range requests (a few kB each); the
-    weights and tokenizer files download in the background once the first weight is read (Download)."""
+    tokenizer files and the weights are queued for the background download (Download), the weights in the order
+    they are read."""
     from huggingface_hub import HfApi
     repo, revision = parse_spec(spec)
     api = HfApi()
@@ -292,10 +298,10 @@ def resolve(spec: str, progress: DownloadProgress | None = None) -> HubModel:
         if not weights:
             raise SourceError(f"{spec}: {index} lists no shards; choose another revision")
     missing = [n for n in weights if not (folder / n).is_file()]
-    pending = missing + [n for n in extras if n not in CONFIG_FILES and not (folder / n).is_file()]
+    tokenizer = [n for n in extras if n not in CONFIG_FILES and not (folder / n).is_file()]
     sizes = {s.rfilename: int(s.size) for s in siblings if s.size is not None}
     model = HubModel(spec, repo, revision, commit, folder, fmt, weights,
-                     Download(spec, repo, commit, pending, sizes, progress))
+                     Download(spec, repo, commit, tokenizer + missing, sizes, progress), tokenizer)
     if fmt == "safetensors":
         for name in missing:
             try:

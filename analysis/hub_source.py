@@ -31,7 +31,7 @@ class LazySafetensorsReader(SafetensorsReader):
                     self._codes[name] = code
         need = [self._file_of[n].name for n in sorted(self.entries, key=_natural_key) if len(self.entries[n][0]) == 2]
         order = list(dict.fromkeys(need + [f.name for f in self.files]))
-        download.order.sort(key=lambda n: order.index(n) if n in order else len(order))   # shards as first read
+        download.order.sort(key=lambda n: order.index(n) if n in order else -1)   # shards as first read
 
     def get(self, name: str):
         self._download.ensure(self._file_of[name].name)
@@ -91,6 +91,8 @@ def open_hub(spec: str, trust_remote_code: bool = False, download: hub.DownloadP
             raise
         return _cached(spec, folder, trust_remote_code,
                        flags=(f"the hub could not be reached: the cached snapshot {folder.name[:12]} is used",))
+    for name in model.tokenizer:                          # small: fetched before the first shard
+        model.download.ensure(name)
     config = _read_json(model.folder / "config.json") if (model.folder / "config.json").is_file() else None
     if model.fmt == "safetensors" and model.headers:
         reader = LazySafetensorsReader(model.folder, model.weights, model.headers, model.download)

@@ -21,15 +21,16 @@ class FakeRepo:
 class FakeHub:
     """The endpoints huggingface_hub 2.x calls, as the real hub answers them (headers read from file_download.py).
 
-    `drop_once` holds (repo, filename) pairs whose first full GET sends half the bytes and closes the connection;
-    `hold` maps (repo, filename) to an Event the file's GETs wait for (at most `hold_timeout` s), so a test can
+    `drop_once` maps (repo, filename) to a byte count (None: half the file): the file's first full GET sends that
+    many bytes and closes the connection;
+    `hold` maps (repo, filename) to an Event the file's full GETs wait for (at most `hold_timeout` s), so a test can
     see what happens while a shard is still downloading. `log` records (method, repo, filename or 'api', Range).
     """
 
     def __init__(self):
         self.repos: dict[str, FakeRepo] = {}
         self.log: list[tuple[str, str, str, str | None]] = []
-        self.drop_once: set[tuple[str, str]] = set()
+        self.drop_once: dict[tuple[str, str], int | None] = {}
         self.hold: dict[tuple[str, str], threading.Event] = {}
         self.hold_timeout = 20.0
         self._server: ThreadingHTTPServer | None = None
@@ -66,7 +67,7 @@ class FakeHub:
         class Handler(_Handler):
             fake = hub
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
@@ -77,6 +78,11 @@ class FakeHub:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:   # a client gone mid-request is no test failure
+        pass
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -132,8 +138,9 @@ class _Handler(BaseHTTPRequestHandler):
         if found is None:
             return
         repo, commit = found
+        files = sorted(repo.commits[commit].items())
         body = json.dumps({"id": repo_id, "sha": commit, "private": False, "gated": False,
-                           "siblings": [{"rfilename": n, "size": len(d)} for n, d in sorted(repo.commits[commit].items())]}).encode()
+                           "siblings": [{"rfilename": n, "size": len(d)} for n, d in files]}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -159,7 +166,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(404, "EntryNotFound", f"{filename} does not exist", commit)
             return
         key = (repo_id, filename)
-        if body and key in self.fake.hold:
+        if body and key in self.fake.hold and not wanted:
             self.fake.hold[key].wait(self.fake.hold_timeout)
         start, end = 0, len(data) - 1
         if wanted and wanted.startswith("bytes="):
@@ -178,8 +185,8 @@ class _Handler(BaseHTTPRequestHandler):
         if not body:
             return
         if key in self.fake.drop_once and not wanted:
-            self.fake.drop_once.discard(key)
-            self.wfile.write(chunk[: len(chunk) // 2])
+            sent = self.fake.drop_once.pop(key)
+            self.wfile.write(chunk[: len(chunk) // 2 if sent is None else sent])
             self.wfile.flush()
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)     # the peer sees the body end early
