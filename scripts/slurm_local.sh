@@ -66,6 +66,8 @@ MinJobAge=600
 # a cancelled or timed-out job gets SIGTERM, then SIGKILL 2 s later
 KillWait=2
 InactiveLimit=0
+# clients give up on a stopped controller after about this many seconds (the default 10 is slow for tests)
+MessageTimeout=5
 SlurmctldTimeout=30
 SlurmdTimeout=30
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
@@ -122,11 +124,12 @@ descendants() {  # pid -> that process's children, grandchildren, …
   done
 }
 
-leftovers() {  # slurmstepd processes of this cluster (they carry SLURM_CONF=$CONF) and everything below them
+leftovers() {  # slurmstepd processes of this cluster (started by its slurmd: SLURM_CONF=$CONF) and their children
   local p
   for p in /proc/[0-9]*; do
     p=${p#/proc/}
-    if tr '\0' '\n' < /proc/"$p"/environ 2>/dev/null | grep -qxF "SLURM_CONF=$CONF"; then
+    [ "$(cat /proc/"$p"/comm 2>/dev/null)" = slurmstepd ] || continue
+    if tr '\0' '\n' 2>/dev/null < /proc/"$p"/environ | grep -qxF "SLURM_CONF=$CONF"; then
       echo "$p"
       descendants "$p"
     fi
