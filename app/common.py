@@ -20,8 +20,12 @@ DEVICES = ["auto", "cpu", "cuda"]
 MAX_RESULTS = 6                      # analyses kept in memory (shared by all sessions)
 
 # The current view lives in st.session_state["view_<name>"] (strings) and is mirrored into st.query_params[name],
-# so a refresh or a shared link restores it. Pages may add their own names with register_view_keys().
-VIEW_KEYS = ["model", "adapter", "device", "layer", "matrix", "metric", "score", "fit", "model_b", "adapter_b"]
+# so a refresh or a shared link restores it. A page adds its own names with register_view_keys(); a page's URL
+# carries the shared names and its own only (the others stay in the session for when the user comes back).
+SHARED_KEYS = ("model", "adapter", "device", "layer", "score")     # the sidebar's model; the layer Overview picks
+VIEW_KEYS = [*SHARED_KEYS, "matrix", "metric", "fit", "model_b", "adapter_b"]
+_PAGE = "_view_page"                 # the url path of the page running now (set_page, from main.py)
+_PAGE_KEYS = "_view_page_keys"       # {page url path: the view names that page registered}
 SELECTED_LAYER = "view_layer"        # the selected layer (chart click, selectbox, ?layer=); tests set it directly
 _INIT_FLAG = "_view_initialised"
 _FROM_URL = "_view_from_url"         # {name: value} the URL gave that no widget has checked yet
@@ -44,11 +48,27 @@ def seed_view(*names: str) -> None:
 
 
 def register_view_keys(*names: str) -> None:
-    """Let a page keep more of its view in the URL; values already in the URL are restored on first use."""
+    """Let the page running now keep more of its view in its URL; values already in the URL are restored on
+    first use."""
     for n in names:
         if n not in VIEW_KEYS:
             VIEW_KEYS.append(n)
+    page = st.session_state.get(_PAGE)
+    if page is not None:
+        st.session_state.setdefault(_PAGE_KEYS, {}).setdefault(page, set()).update(names)
     seed_view(*names)                # pages register after init_view ran: seed their names the same way
+
+
+def set_page(url_path: str) -> None:
+    """Name the page this run shows (main.py, before the page runs): its URL carries its own view names only."""
+    st.session_state[_PAGE] = url_path
+
+
+def in_url(name: str) -> bool:
+    """Whether the current page's URL carries view setting `name`: a shared one, or one the page registered (every
+    name while no page is set, as in tests that run a page file alone)."""
+    page = st.session_state.get(_PAGE)
+    return page is None or name in SHARED_KEYS or name in st.session_state.get(_PAGE_KEYS, {}).get(page, ())
 
 
 def init_view() -> None:
@@ -134,7 +154,7 @@ def unknown_path(url: str | None, known: list[str], base: str = "") -> str | Non
 def sync_query_params() -> None:
     """Mirror the view into st.query_params, touching only what changed (each change updates the URL)."""
     for name in VIEW_KEYS:
-        value = view(name)
+        value = view(name) if in_url(name) else None
         current = st.query_params.get(name)
         if value is None and current is not None:
             if f"view_{name}" not in st.session_state:     # arrived with a link (st.page_link query_params): keep it

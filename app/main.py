@@ -8,9 +8,9 @@ How pages are registered (for whoever adds one):
     `common.register_view_keys(...)` (seeded from the URL by `common.seed_view`), `common.view(...)` and the
     widgets of `common.bound(...)` / `common.bound_selectbox(...)` keep the page's settings in the URL;
     `common.url_fallback(...)` says (above the page) when a link's value cannot be shown.
-  * Add one line to PAGES below: (file, title, icon, url_path). A file that does not exist yet is left out,
-    so the list may name pages other developers have not written yet. The first page is served at "/" and
-    its own path (/overview) leads there; a path that names no page shows the first page and says so.
+  * Add one line to PAGES below: (file, title, icon, url_path); every file must exist (a test checks). The first
+    page is served at "/" and its own path (/overview) leads there; a path that names no page shows the first
+    page and says so. A page's URL carries the shared view names (common.SHARED_KEYS) and its own.
   * Tests: AppTest.from_file("app/main.py").run(); at.switch_page("page_x.py").run().
 """
 from __future__ import annotations
@@ -26,7 +26,6 @@ import streamlit as st  # noqa: E402
 
 from app import common  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
 # The browser tab's icon, shipped with the app: Streamlit turns a local SVG into a data: URL, whereas a
 # ":material/…:" page icon makes the browser fetch it from a font CDN (nothing offline).
 ICON = ROOT / "assets" / "icon.svg"
@@ -42,12 +41,9 @@ PAGES = [  # (file in app/, title, icon, url path); the first existing one is th
 
 
 def build_pages() -> list:
-    """st.Page objects for the page files that exist; the first is the default, served at "/"."""
-    pages = []
-    for file, title, icon, url in PAGES:
-        if (HERE / file).is_file():
-            pages.append(st.Page(file, title=title, icon=icon, url_path=url if pages else "", default=not pages))
-    return pages
+    """st.Page objects of PAGES; the first is the default, served at "/" (a missing file fails here, loudly)."""
+    return [st.Page(file, title=title, icon=icon, url_path=url if i else "", default=not i)
+            for i, (file, title, icon, url) in enumerate(PAGES)]
 
 
 def home_alias(home) -> "st.Page":
@@ -72,6 +68,7 @@ st.set_page_config(page_title="Spectrascope", page_icon=str(ICON), layout="wide"
 st.set_option("client.toolbarMode", "minimal")      # a local workbench: no "Deploy" button
 pages = build_pages()
 page = st.navigation(pages + [home_alias(pages[0])])
+common.set_page(page.url_path)
 if page.url_path == PAGES[0][3]:       # /overview: to "/" (the hidden alias), settings kept
     page.run()
 if page is pages[0]:

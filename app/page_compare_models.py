@@ -8,6 +8,8 @@ import streamlit as st
 from analysis import plotdata
 from app import charts, common
 
+common.register_view_keys("model_b", "adapter_b")            # this page's own URL settings (besides the shared ones)
+
 
 def pick_b() -> common.ModelChoice:
     """Model B: any checkpoint, or the same base with an adapter (bound to ?model_b= / ?adapter_b=)."""

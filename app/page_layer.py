@@ -10,6 +10,8 @@ import streamlit as st
 from analysis import esd
 from app import charts, common
 
+common.register_view_keys("matrix", "fit")            # this page's own URL settings (besides the shared ones)
+
 CHART_KEY = "layer_page_chart"
 NOT_IN_BLOCK = "not in a block (embeddings, head, …)"
 ALL = "all"

@@ -9,6 +9,8 @@ import streamlit as st
 from analysis import esd, plotdata
 from app import charts, common
 
+common.register_view_keys("metric")            # this page's own URL settings (besides the shared ones)
+
 TABLE_COLUMNS = ["name", "layer", "module", "rows", "cols", "verdict", "alpha", "alpha_se", "alpha_hill",
                  "alpha_hill_se", "alpha_hill_verdict", "xmin", "D", "num_pl_spikes", "alpha_weighted", "stable_rank",
                  "log_spectral_norm", "log_norm", "entropy", "matrix_rank", "num_spikes", "verdict_reason",

@@ -278,3 +278,27 @@ def test_tab_icon_is_a_shipped_file_sent_inline(app, monkeypatch):
     assert ElementTree.parse(icon).getroot().tag == "{http://www.w3.org/2000/svg}svg"
     assert icon.stat().st_size < 4096
     assert _get_favicon_string(str(icon)).startswith("data:image/svg+xml;base64,")
+
+
+def test_every_page_file_exists():
+    """A renamed or missing page fails here rather than vanishing from the navigation."""
+    import ast
+
+    tree = ast.parse((ROOT / "app" / "main.py").read_text())
+    pages = next(ast.literal_eval(n.value) for n in tree.body
+                 if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == "PAGES")
+    assert len(pages) >= 7
+    missing = [file for file, *_ in pages if not (ROOT / "app" / file).is_file()]
+    assert not missing
+
+
+def test_a_page_url_carries_its_own_settings_and_the_shared_ones_only(app):
+    at = app().run()
+    selectbox(at, "w_metric").select("stable_rank").run()          # an Overview-only setting
+    assert str(at.query_params["metric"]).strip("[]'") == "stable_rank"
+    at.switch_page("page_allocate.py").run()
+    ok(at)
+    assert "metric" not in at.query_params                         # not the Overview's settings on Allocate …
+    assert str(at.query_params["model"]).strip("[]'") == DEFAULT_MODEL     # … but the shared model is there
+    at.switch_page("page_overview.py").run()
+    assert str(at.query_params["metric"]).strip("[]'") == "stable_rank"    # back on Overview: its setting is kept
