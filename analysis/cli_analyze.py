@@ -26,6 +26,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="recompute even if a cached result exists")
     p.add_argument("--engine", choices=["native", "weightwatcher"], default="native",
                    help="native (default) or weightwatcher 0.7.7 on the same model, for comparison")
+    p.add_argument("--ray", metavar="ADDRESS", help="spread the matrices over the Ray cluster at ADDRESS (HEAD:6379 "
+                   "or ray://HEAD:10001); its nodes must see MODEL at the same path (docs/cluster.md)")
     return p
 
 
@@ -37,35 +39,14 @@ def _print_layers(layers: list[dict], file=sys.stdout) -> None:
     print(format_table(layers, cols), file=file)
 
 
-def _download_bar():
-    """A (callback, close) pair drawing a hub download's bytes as a tqdm bar on stderr."""
-    from tqdm import tqdm
-    bar = None
-
-    def update(done: int, total: int, name: str) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, desc="downloading", unit="B", unit_scale=True, unit_divisor=1024,
-                       file=sys.stderr, leave=False, disable=None if sys.stderr.isatty() else False)
-        bar.total, bar.n = total, done
-        bar.set_postfix_str(name[-40:], refresh=False)
-        bar.refresh()
-
-    def close() -> None:
-        if bar is not None:
-            bar.close()
-
-    return update, close
-
-
 def _run_native(args) -> int:
     from analysis import esd
     from analysis.engine import analyze
     update, close = tqdm_progress("analysing")
-    fetched, fetch_close = _download_bar()
+    fetched, fetch_close = tqdm_progress("downloading", nbytes=True)
     try:
         res = analyze(args.model, args.adapter, device=args.device, use_cache=not args.no_cache, progress=update,
-                      download=fetched)
+                      download=fetched, ray=args.ray)
     finally:
         fetch_close()
         close()
@@ -97,10 +78,12 @@ def _run_native(args) -> int:
 def _run_weightwatcher(args) -> int:
     from analysis.sources import open_source
     from analysis.ww_oracle import run_weightwatcher
+    if args.ray:
+        raise SpectrascopeError("--engine weightwatcher runs on this machine: drop --ray or use --engine native")
     if args.adapter:
         raise SpectrascopeError("--engine weightwatcher cannot merge --adapter; analyse the merged model "
                                 "(peft merge_and_unload + save_pretrained) or use --engine native")
-    fetched, fetch_close = _download_bar()
+    fetched, fetch_close = tqdm_progress("downloading", nbytes=True)
     try:
         src = open_source(args.model, download=fetched)
         folder = src.hf_folder()

@@ -24,6 +24,8 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--mitigate", type=float, metavar="LAMBDA",
                    help="scale intruders' singular values by LAMBDA (the paper: 0.7) and write --save DIR")
     p.add_argument("--save", metavar="DIR", help="new folder for the mitigated checkpoint (with --mitigate)")
+    p.add_argument("--ray", metavar="ADDRESS", help="spread the matrix pairs over the Ray cluster at ADDRESS "
+                   "(HEAD:6379 or ray://HEAD:10001); its nodes must see both models at the same paths")
     return p
 
 
@@ -49,14 +51,33 @@ def _sources(args):
     return open_source(args.base), open_source(args.finetuned)
 
 
+def _specs(args) -> tuple[tuple, tuple]:
+    """(model, adapter) of the base and the fine-tuned side, as _sources opens them (for Ray tasks to open)."""
+    _sources(args)                                    # the same checks, and the sources exist here too
+    if args.adapter:
+        return (args.base, None), (args.base, args.adapter)
+    return (args.base, None), (args.finetuned, None)
+
+
 def _main(args) -> int:
     from analysis import intruders
     if (args.mitigate is None) != (args.save is None):
         raise SpectrascopeError("--mitigate LAMBDA and --save DIR go together")
-    base, fine = _sources(args)
+    if args.ray and args.mitigate is not None:
+        raise SpectrascopeError("--mitigate writes the checkpoint on this machine: drop --ray")
+    if args.ray:
+        base, fine = _specs(args)
+    else:
+        base, fine = _sources(args)
     update, close = tqdm_progress("comparing")
     try:
-        if args.mitigate is not None:
+        if args.ray:
+            from analysis import ray_fanout
+            mit = None
+            report = ray_fanout.compare(args.ray, base, fine, top_k=args.top_k, epsilon=args.epsilon,
+                                        progress=update, include_embeddings=args.include_embeddings,
+                                        use_cache=not args.no_cache)
+        elif args.mitigate is not None:
             mit = intruders.mitigate(base, fine, args.save, lam=args.mitigate, top_k=args.top_k,
                                      epsilon=args.epsilon, progress=update,
                                      include_embeddings=args.include_embeddings, use_cache=not args.no_cache)

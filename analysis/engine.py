@@ -319,7 +319,7 @@ def resolve_device(device: str = "auto") -> str:
 
 def analyze(model=None, adapter=None, *, device: str = "auto", use_cache: bool = True,
             progress: Progress | None = None, source=None, batch_size: int | None = None,
-            workers: int | None = None, download=None) -> AnalysisResult:
+            workers: int | None = None, download=None, ray: str | None = None) -> AnalysisResult:
     """Analyse every 2-D weight matrix of a model (see analysis.sources.open_source for what `model` may be;
     `download(done_bytes, total_bytes, file)` reports a hub model's download, which runs while it is analysed).
 
@@ -328,9 +328,13 @@ def analyze(model=None, adapter=None, *, device: str = "auto", use_cache: bool =
     matrix, which beats one multi-threaded call on the small matrices transformers have (see
     benchmarks/analysis_speed.py); at most `workers` + 1 matrices are in memory at once (peak RSS bound). Results are cached in the data directory, keyed by the checkpoint's
     identity (paths, sizes, mtimes) and the settings, so an unchanged checkpoint returns at once.
+    With `ray` (a Ray cluster's address) Ray tasks compute the matrices (analysis.ray_fanout): each opens the
+    checkpoint itself and runs the same per-matrix code, so the rows are the local run's.
     """
     from analysis.sources import open_source
-    device = resolve_device(device)
+    device = resolve_device(device) if ray is None else device      # Ray tasks resolve it on their node
+    if ray is not None and source is not None:
+        raise SpectrascopeError("analysis on Ray takes the model by name or path (its tasks open it), not a source")
     src = source if source is not None else open_source(model, adapter, download=download)
     settings = {"evals_thresh": esd.EVALS_THRESH, "hill_bins": esd.HILL_BINS, "ks_d_max": esd.KS_D_MAX,
                 "alpha_spurious": esd.ALPHA_SPURIOUS, "min_tail": esd.MIN_TAIL, "gram_rcond": esd.GRAM_RCOND}
@@ -350,7 +354,12 @@ def analyze(model=None, adapter=None, *, device: str = "auto", use_cache: bool =
     skipped: list[tuple[str, str]] = []
     n_workers = workers or min(os.cpu_count() or 1, 4)
     budget = n_workers * max(4 * i.rows * i.cols for i in infos)     # float32 bytes
-    for info, (row, ev) in _analyze_stream(_arrays(src), device, batch_size, n_workers, budget):
+    if ray is None:
+        stream = _analyze_stream(_arrays(src), device, batch_size, n_workers, budget)
+    else:
+        from analysis import ray_fanout
+        stream = ray_fanout.analyze_stream(ray, model, adapter, infos, device, batch_size)
+    for info, (row, ev) in stream:
         rows.append(row)
         if ev is not None:
             evals[info.name] = ev
