@@ -217,3 +217,20 @@ def test_a_run_through_the_worker_gets_its_lm_eval_pass_equal_to_simple_evaluate
     assert stored[stored["metric"] == "acc"]["value"].tolist() == [ours["acc,none"]]
     with pytest.raises(SpectrascopeError, match="lm_eval_tasks: model .* is an encoder"):
         store.submit({"method": "lora", "lm_eval_tasks": ["spectrascope_trec"]}, start=False)
+
+
+@pytest.mark.slow
+def test_a_seq2seq_base_is_scored_as_lm_eval_scores_it(data, tiny_causal, tmp_path):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_causal)
+    torch.manual_seed(0)
+    T5ForConditionalGeneration(T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=16, d_ff=64, num_layers=2,
+                                        num_heads=2, pad_token_id=tokenizer.eos_token_id,
+                                        eos_token_id=tokenizer.eos_token_id,
+                                        decoder_start_token_id=tokenizer.eos_token_id)).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    out = harness.evaluate_base(str(tmp_path), "spectrascope_trec", limit=4)
+    model = AutoModelForSeq2SeqLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    reference = direct(model, tokenizer, ["spectrascope_trec"], str(harness.TASKS_DIR), 4)
+    assert out["results"]["spectrascope_trec"]["acc,none"] == reference["spectrascope_trec"]["acc,none"]
