@@ -55,11 +55,15 @@ class HubSource(ModelSource):
 
     def identity(self) -> dict:
         folder = self.folder
+        origin = hub.snapshot_origin(folder)
+        if origin is None:                               # not a commit snapshot: paths, sizes and mtimes
+            return super().identity()
         files = {}
         for file in self.reader.files:
             size = self.hub_model.download.sizes.get(file.name) if self.hub_model else None
-            files[file.relative_to(folder).as_posix()] = size if size is not None else file.stat().st_size
-        origin = hub.snapshot_origin(folder) or {}
+            if size is None and file.is_file():
+                size = file.stat().st_size
+            files[file.relative_to(folder).as_posix()] = size
         return {"kind": "hub", "label": self.label, "hub": {**origin, "files": files}, **self._extra_identity,
                 "adapter": self.adapter.identity() if self.adapter is not None else None}
 

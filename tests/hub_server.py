@@ -5,6 +5,7 @@ import hashlib
 import json
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,7 +25,7 @@ class FakeHub:
     `drop_once` maps (repo, filename) to a byte count (None: half the file): the file's first full GET sends that
     many bytes and closes the connection;
     `hold` maps (repo, filename) to an Event the file's full GETs wait for (at most `hold_timeout` s), so a test can
-    see what happens while a shard is still downloading. `log` records (method, repo, filename or 'api', Range).
+    see what happens while a shard is still downloading; `rate` (bytes/s) throttles file bodies. `log` records (method, repo, filename or 'api', Range).
     """
 
     def __init__(self):
@@ -33,6 +34,7 @@ class FakeHub:
         self.drop_once: dict[tuple[str, str], int | None] = {}
         self.hold: dict[tuple[str, str], threading.Event] = {}
         self.hold_timeout = 20.0
+        self.rate: float | None = None
         self._server: ThreadingHTTPServer | None = None
 
     # ---- content
@@ -190,5 +192,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)     # the peer sees the body end early
+            return
+        if self.fake.rate and len(chunk) > 100_001:         # throttled (not the header reads)
+            piece = 256 * 1024
+            for at in range(0, len(chunk), piece):
+                self.wfile.write(chunk[at:at + piece])
+                time.sleep(len(chunk[at:at + piece]) / self.fake.rate)
             return
         self.wfile.write(chunk)
