@@ -57,7 +57,7 @@ def cached_snapshot(repo: str, revision: str | None) -> Path | None:
 
 
 def snapshot_origin(folder) -> dict | None:
-    """{"repo", "commit"} when `folder` is a snapshot in a Hugging Face cache (…/models--org--name/snapshots/<sha>)."""
+    """{"repo", "commit"} when `folder` is a snapshot in a Hugging Face cache (models--org--name/snapshots/<sha>)."""
     folder = Path(folder)
     match = _SNAPSHOT.match(folder.parent.parent.name) if folder.parent.name == "snapshots" else None
     if match is None or not _COMMIT.match(folder.name):

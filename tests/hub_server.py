@@ -25,7 +25,8 @@ class FakeHub:
     `drop_once` maps (repo, filename) to a byte count (None: half the file): the file's first full GET sends that
     many bytes and closes the connection;
     `hold` maps (repo, filename) to an Event the file's full GETs wait for (at most `hold_timeout` s), so a test can
-    see what happens while a shard is still downloading; `rate` (bytes/s) throttles file bodies. `log` records (method, repo, filename or 'api', Range).
+    see what happens while a shard is still downloading; `rate` (bytes/s) throttles file bodies. `log` records
+    (method, repo, filename or 'api', Range).
     """
 
     def __init__(self):

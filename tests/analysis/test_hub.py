@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from analysis import hub as hub_lib
 from analysis.engine import analyze
 from analysis.sources import _natural_key
+from analysis.types import SourceError
 from tests.helpers import assert_clear_error
 from tests.hub_server import FakeHub
 from tests.tiny_models import make_tiny_model
@@ -94,6 +96,30 @@ def _assert_rows_equal(got: list[dict], want: list[dict]) -> None:
         np.testing.assert_allclose(a, b, rtol=1e-6, equal_nan=True, err_msg=column)
 
 
+def test_file_choice_spec_and_snapshot_origin():
+    tokenizer = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+    listing = ["config.json", "README.md", "model.safetensors.index.json", "model-00001-of-00002.safetensors",
+               "model-00002-of-00002.safetensors", "pytorch_model.bin.index.json", "pytorch_model-00001.bin",
+               "onnx/model.onnx", "original/consolidated.00.pth", *tokenizer]
+    assert hub_lib.choose_files(listing) == ("safetensors", "model.safetensors.index.json", [],
+                                             ["config.json", *tokenizer])
+    assert hub_lib.choose_files(["config.json", "model.safetensors", "pytorch_model.bin"])[:3] == (
+        "safetensors", None, ["model.safetensors"])
+    assert hub_lib.choose_files(["config.json", "pytorch_model.bin", "tf_model.h5"])[:3] == (
+        "bin", None, ["pytorch_model.bin"])
+    with pytest.raises(SourceError, match=r"hf download <repo> m\.Q4_K_M\.gguf"):
+        hub_lib.choose_files(["README.md", "m.Q4_K_M.gguf"])
+    with pytest.raises(SourceError, match="PEFT adapter"):
+        hub_lib.choose_files(["adapter_config.json", "adapter_model.safetensors"])
+    assert hub_lib.parse_spec("Qwen/Qwen2.5-0.5B@refs/pr/3") == ("Qwen/Qwen2.5-0.5B", "refs/pr/3")
+    assert hub_lib.parse_spec("meta-llama/Llama-3.2-1B") == ("meta-llama/Llama-3.2-1B", None)
+    assert hub_lib.parse_spec("./folder") is None
+    sha = "a" * 40
+    snap = Path("/c/hub/models--org--my-model/snapshots") / sha
+    assert hub_lib.snapshot_origin(snap) == {"repo": "org/my-model", "commit": sha}
+    assert hub_lib.snapshot_origin(Path("/c/hub/models--org--m/snapshots/main")) is None
+
+
 def test_download_sharded_model_equals_local_folder(hub, tmp_path):
     proc = _cli(_env(tmp_path, hub.url), REPO, "--out", str(tmp_path / "rows.json"))
     assert proc.returncode == 0, proc.stderr
@@ -168,6 +194,7 @@ def test_offline_and_no_network_say_which(hub, tmp_path):
     assert_clear_error(_cli(_env(tmp_path, closed), REPO), f"could not reach {closed}", "no network")
 
 
+@pytest.mark.slow
 def test_revision_pin_and_manifest_commit(hub, tmp_path):
     proc = _cli(_env(tmp_path, hub.url), f"{REPO}@v1", "--out", str(tmp_path / "v1.json"))
     assert proc.returncode == 0, proc.stderr
