@@ -63,18 +63,20 @@ def slurm_env(tmp_path_factory):
     env = dict(os.environ, SPECTRASCOPE_SLURM_DIR=str(tmp_path_factory.mktemp("slurm")),
                SPECTRASCOPE_SLURM_PORT=str(free_port_pair()))
     env["SLURM_CONF"] = str(Path(env["SPECTRASCOPE_SLURM_DIR"]) / "slurm.conf")
-    old = os.environ.get("SLURM_CONF")
+    old = {key: os.environ.get(key) for key in ("SLURM_CONF", "OMP_NUM_THREADS")}
     os.environ["SLURM_CONF"] = env["SLURM_CONF"]
+    os.environ["OMP_NUM_THREADS"] = "1"            # tiny models: one thread each is faster on a few shared cores
     try:
         proc = cluster("up", env)
         assert proc.returncode == 0, proc.stderr + proc.stdout
         yield env
     finally:
         cluster("down", env)
-        if old is None:
-            os.environ.pop("SLURM_CONF", None)
-        else:
-            os.environ["SLURM_CONF"] = old
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +87,6 @@ def tiny_bert(tmp_path_factory) -> str:
 @pytest.fixture
 def store(tmp_path, monkeypatch, slurm_env):
     monkeypatch.setenv("SPECTRASCOPE_DATA", str(tmp_path))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     store = JobStore(tmp_path)
     yield store
     for job in store.list(reconcile=False):            # nothing a test started outlives it
@@ -139,31 +140,43 @@ def wait_training(store: JobStore, job_id: int):
     return wait_for(lambda: store.get(job_id).progress(), 90, f"job {job_id} to start training")
 
 
-def test_a_slurm_run_goes_to_done_and_its_artifacts_reload(store, tiny_bert):
+@pytest.fixture(scope="session")
+def time_limited(slurm_env, tiny_bert, tmp_path_factory):
+    """A long run with a one-minute limit whose end Slurm brings forward to now, started by the first test so that
+    Slurm's time-limit check (every 30 s) overlaps the other tests; test_..._time_limit_... reads the outcome."""
+    store = JobStore(tmp_path_factory.mktemp("slurm-time-limit"))
+    job = store.submit(config(tiny_bert, max_steps=LONG), name="slurm-timeout", backend="slurm",
+                       backend_options={"time": "00:01:00"})
+    assert scontrol_job(job.external_id)["TimeLimit"] == "00:01:00"
+    wait_for(lambda: squeue(job.external_id)[0] == "RUNNING", 60, "the time-limited job to start")
+    # Slurm's smallest limit is a minute: with the job's end time brought to now, Slurm's periodic time-limit
+    # check ends it exactly as a limit that ran out would
+    subprocess.run(["scontrol", "update", f"JobId={job.external_id}", "EndTime=now"], check=True, capture_output=True)
+    yield store, job
+    if not store.get(job.id).final:
+        subprocess.run(["scancel", job.external_id], capture_output=True)
+
+
+def test_slurm_runs_go_to_done_and_their_artifacts_reload(store, tiny_bert, time_limited):
     from training.trainer import evaluate_artifacts
 
     job = store.submit(config(tiny_bert), name="slurm-lora", backend="slurm", backend_options={"time": "00:10:00"})
+    ddp = store.submit(config(tiny_bert, cpu_processes=2, batch_size=8), name="slurm-ddp", backend="slurm")
     assert job.status == "running" and job.external_id and job.where == f"slurm {job.external_id}"
     assert scontrol_job(job.external_id)["TimeLimit"] == "00:10:00"
-    job = store.wait(job.id, poll=0.3, timeout=120)
-    assert job.status == "done", (job.error, job.log_tail())
-    wait_for(lambda: squeue(job.external_id)[0] == "COMPLETED", 30, "Slurm to record the job COMPLETED")
-    assert [line["step"] for line in job.progress()] == [1, 2, 3]
+    assert scontrol_job(ddp.external_id)["NumCPUs"] == "2"          # --cpus-per-task 2: one core per rank
+    job, ddp = (store.wait(j.id, poll=0.3, timeout=150) for j in (job, ddp))
+    for run in (job, ddp):
+        assert run.status == "done", (run.error, run.log_tail(40))
+        wait_for(lambda: squeue(run.external_id)[0] == "COMPLETED", 30, "Slurm to record the job COMPLETED")
+        assert [line["step"] for line in run.progress()] == [1, 2, 3]
+        assert f"job {run.id} done" in backends.get("slurm").logs(run)   # Slurm's output file is the log
     result = job.result()
     reloaded = evaluate_artifacts(job.run_dir)                       # a fresh base + the saved adapter, here
     assert reloaded["accuracy"] == pytest.approx(result["test"]["accuracy"])
     assert reloaded["loss"] == pytest.approx(result["test"]["loss"], rel=1e-4)
-    assert f"job {job.id} done" in backends.get("slurm").logs(job)         # Slurm's output file is the log
-
-
-def test_two_cpu_processes_run_data_parallel_in_one_slurm_job(store, tiny_bert):
-    job = store.submit(config(tiny_bert, cpu_processes=2, batch_size=8), name="slurm-ddp", backend="slurm")
-    assert scontrol_job(job.external_id)["NumCPUs"] == "2"          # --cpus-per-task 2: one core per rank
-    job = store.wait(job.id, poll=0.3, timeout=150)
-    assert job.status == "done", (job.error, job.log_tail(40))
-    assert [line["step"] for line in job.progress()] == [1, 2, 3]
-    assert job.result()["processes"] == 2                            # torchrun's two ranks trained together
-    assert json.loads(job.path("manifest.json").read_text())["processes"] == 2
+    assert ddp.result()["processes"] == 2                            # torchrun's two ranks trained together
+    assert json.loads(ddp.path("manifest.json").read_text())["processes"] == 2
 
 
 def test_bad_settings_say_one_line_and_queue_nothing(store, tiny_bert):
@@ -202,20 +215,6 @@ def test_cancel_leaves_no_slurm_job_and_no_worker(store, tiny_bert):
     assert worker_processes(store, job.id) == []
 
 
-def test_a_run_slurm_ends_at_its_time_limit_is_lost_with_slurms_reason(store, tiny_bert):
-    job = store.submit(config(tiny_bert, max_steps=LONG), name="slurm-timeout", backend="slurm",
-                       backend_options={"time": "00:01:00"})
-    assert scontrol_job(job.external_id)["TimeLimit"] == "00:01:00"
-    wait_training(store, job.id)
-    # Slurm's smallest limit is a minute: bring the job's end time to now, and Slurm's periodic time-limit check
-    # (every 30 s) ends it exactly as a limit that ran out would
-    subprocess.run(["scontrol", "update", f"JobId={job.external_id}", "EndTime=now"], check=True, capture_output=True)
-    job = store.wait(job.id, poll=0.5, timeout=90)
-    assert squeue(job.external_id) == ("TIMEOUT", "TimeLimit")
-    assert job.status == "lost" and "TIMEOUT" in job.error and "time limit" in job.error, job.error
-    assert worker_processes(store, job.id) == []
-
-
 def test_a_restarted_app_follows_a_run_still_going_on_the_cluster(store, tiny_bert, tmp_path):
     args = [sys.executable, "-m", "training", "submit", "--method", "lora", "--model", tiny_bert, "--max-steps", "40",
             "--set", "max_train_rows=32", "--set", "max_eval_rows=16", "--set", "max_test_rows=16",
@@ -237,6 +236,14 @@ def test_a_restarted_app_follows_a_run_still_going_on_the_cluster(store, tiny_be
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert seen == {"status": "done", "steps": 40, "where": f"slurm {job.external_id}"}
     wait_for(lambda: squeue(job.external_id)[0] == "COMPLETED", 30, "Slurm to record the job COMPLETED")
+
+
+def test_a_run_slurm_ends_at_its_time_limit_is_lost_with_slurms_reason(time_limited):
+    store, job = time_limited
+    job = store.wait(job.id, poll=0.5, timeout=90)
+    assert squeue(job.external_id) == ("TIMEOUT", "TimeLimit")      # Slurm's own word
+    assert job.status == "lost" and "TIMEOUT" in job.error and "time limit" in job.error, job.error
+    assert worker_processes(store, job.id) == []
 
 
 def test_a_cluster_that_stops_mid_run_leaves_the_run_lost_with_a_message(store, tiny_bert, slurm_env, monkeypatch):
