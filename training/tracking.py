@@ -227,6 +227,7 @@ class Tracker(threading.Thread):
         self.earlier = list(earlier or [])      # progress lines before this process (a resumed run's)
         self.job_id, self.name, self.config, self.run_dir, self.uri = job_id, name, config, Path(run_dir), uri
         self.inbox: queue.Queue = queue.Queue()
+        self.client = None
         self.run_id: str | None = None
         self.failed = False
 
@@ -246,6 +247,12 @@ class Tracker(threading.Thread):
             self._open()
         except Exception as exc:  # noqa: BLE001 - tracking never fails a run
             self._fail("could not open the run", exc)
+        try:
+            self._loop()
+        except Exception as exc:  # noqa: BLE001
+            self._fail("logging stopped", exc)
+
+    def _loop(self) -> None:
         pending, skip, last = [], self._logged_steps(), time.monotonic()
         for line in self.earlier:            # steps up to the checkpoint that MLflow has not got (killed before)
             if "step" in line and int(line["step"]) not in skip:
@@ -323,10 +330,15 @@ class Tracker(threading.Thread):
     def _safely(self, what: str, fn, *args) -> None:
         if self.failed:
             return
-        try:
-            fn(*args)
-        except Exception as exc:  # noqa: BLE001 - tracking never fails a run
-            self._fail(what, exc)
+        for attempt in range(2):             # once more after a pause: a shared SQLite store may be busy
+            try:
+                fn(*args)
+                return
+            except Exception as exc:  # noqa: BLE001 - tracking never fails a run
+                if attempt:
+                    self._fail(what, exc)
+                else:
+                    time.sleep(1.0)
 
     def _fail(self, what: str, exc: BaseException) -> None:
         self.failed = True
