@@ -39,32 +39,11 @@ def _print_layers(layers: list[dict], file=sys.stdout) -> None:
     print(format_table(layers, cols), file=file)
 
 
-def _download_bar():
-    """A (callback, close) pair drawing a hub download's bytes as a tqdm bar on stderr."""
-    from tqdm import tqdm
-    bar = None
-
-    def update(done: int, total: int, name: str) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, desc="downloading", unit="B", unit_scale=True, unit_divisor=1024,
-                       file=sys.stderr, leave=False, disable=None if sys.stderr.isatty() else False)
-        bar.total, bar.n = total, done
-        bar.set_postfix_str(name[-40:], refresh=False)
-        bar.refresh()
-
-    def close() -> None:
-        if bar is not None:
-            bar.close()
-
-    return update, close
-
-
 def _run_native(args) -> int:
     from analysis import esd
     from analysis.engine import analyze
     update, close = tqdm_progress("analysing")
-    fetched, fetch_close = _download_bar()
+    fetched, fetch_close = tqdm_progress("downloading", nbytes=True)
     try:
         res = analyze(args.model, args.adapter, device=args.device, use_cache=not args.no_cache, progress=update,
                       download=fetched, ray=args.ray)
@@ -104,7 +83,7 @@ def _run_weightwatcher(args) -> int:
     if args.adapter:
         raise SpectrascopeError("--engine weightwatcher cannot merge --adapter; analyse the merged model "
                                 "(peft merge_and_unload + save_pretrained) or use --engine native")
-    fetched, fetch_close = _download_bar()
+    fetched, fetch_close = tqdm_progress("downloading", nbytes=True)
     try:
         src = open_source(args.model, download=fetched)
         folder = src.hf_folder()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -65,17 +66,81 @@ def pipe_safe(main: Callable[[], int]) -> int:
         return CLOSED_PIPE_STATUS
 
 
-def tqdm_progress(desc: str):
-    """A (callback, close) pair drawing a tqdm bar on stderr for callbacks of the form f(done, total, name)."""
-    from tqdm import tqdm
+# Outside a terminal (a pipe, a CI log) progress is one plain line at most this often, when it changed.
+PLAIN_EVERY_S = 5.0
+
+
+class PlainProgress:
+    """A tqdm bar's stand-in outside a terminal: plain lines, e.g. "job 3 running: 40/63 steps (63%), loss 0.6931
+    [12 s]", one at most every `every` seconds and only when the state changed, the final state always (on close).
+
+    It takes the calls progress code makes on a bar: `total`, `n`, set_description, set_postfix(_str), refresh,
+    close. `unit` names what is counted; `fmt` writes a count (e.g. bytes as MiB).
+    """
+
+    def __init__(self, desc: str, out, every: float = PLAIN_EVERY_S, clock=time.monotonic, unit: str = "steps",
+                 fmt=str):
+        self.desc, self.out, self.every, self.clock, self.unit, self.fmt = desc, out, every, clock, unit, fmt
+        self.total, self.n, self.postfix = None, 0, {}
+        self.start, self.last_text, self.last_time = clock(), None, None
+
+    def set_description(self, desc: str, refresh: bool = False) -> None:
+        self.desc = desc
+
+    def set_postfix(self, values: dict, refresh: bool = False) -> None:
+        self.postfix = dict(values)
+
+    def set_postfix_str(self, text: str, refresh: bool = False) -> None:
+        self.postfix = {"": text} if text else {}
+
+    def text(self) -> str:
+        """The state as one line (without the elapsed time, so an unchanged state prints nothing new)."""
+        count = f"{self.fmt(self.n)} {self.unit}"
+        if self.total:
+            count = f"{self.fmt(self.n)}/{self.fmt(self.total)} {self.unit} ({100 * self.n / self.total:.0f}%)"
+        return ", ".join([f"{self.desc}: {count}"] + [f"{k} {v}".strip() for k, v in self.postfix.items()])
+
+    def refresh(self, final: bool = False) -> None:
+        """Print the state when it changed and the last line is `every` seconds old (or `final`)."""
+        now, text = self.clock(), self.text()
+        if text == self.last_text or (not final and self.last_time is not None
+                                      and now - self.last_time < self.every):
+            return
+        print(f"{text} [{now - self.start:.0f} s]", file=self.out, flush=True)
+        self.last_text, self.last_time = text, now
+
+    def close(self) -> None:
+        self.refresh(final=True)
+
+
+def is_terminal(out) -> bool:
+    """Whether `out` is a terminal (a bar may redraw itself there; elsewhere it would repeat per update)."""
+    try:
+        return bool(out.isatty())
+    except (AttributeError, ValueError):         # no isatty, or a closed file
+        return False
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def tqdm_progress(desc: str, unit: str = "matrices", nbytes: bool = False):
+    """A (callback, close) pair for callbacks f(done, total, name): a tqdm bar on stderr in a terminal, plain lines
+    (PlainProgress) in a pipe or a log. `nbytes`: the counts are bytes (a download)."""
     bar = None
 
     def update(done: int, total: int, name: str = "") -> None:
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=total, desc=desc, unit="matrix", file=sys.stderr, leave=False,
-                       disable=None if sys.stderr.isatty() else False)
-        bar.n = done
+            if is_terminal(sys.stderr):
+                from tqdm import tqdm
+
+                bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=False,
+                           **(dict(unit="B", unit_scale=True, unit_divisor=1024) if nbytes else dict(unit=unit)))
+            else:
+                bar = PlainProgress(desc, sys.stderr, unit="" if nbytes else unit, fmt=mib if nbytes else str)
+        bar.total, bar.n = total, done
         bar.set_postfix_str(name[-40:], refresh=False)
         bar.refresh()
 

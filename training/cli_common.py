@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from contextlib import contextmanager
 
+from analysis.cli_common import PlainProgress, is_terminal
 from analysis.types import SpectrascopeError
 
 TRUST_HELP = ("run the model folder's own Python code (config.json auto_map); only for code you trust; "
@@ -36,62 +36,13 @@ def parse_set(items: list[str]) -> dict:
     return values
 
 
-# Outside a terminal (a pipe, a CI log) the wait loops print one plain line at most this often, when it changed.
-PLAIN_EVERY_S = 5.0
-
-
-class PlainProgress:
-    """The tqdm bar's stand-in outside a terminal: plain lines, e.g. "job 3 running: 40/63 steps (63%), loss 0.6931
-    [12 s]", one at most every `every` seconds and only when the state changed, the final state always (on close).
-
-    It takes the calls the wait loops make on a bar: `total`, `n`, set_description, set_postfix, refresh, close.
-    """
-
-    def __init__(self, desc: str, out, every: float = PLAIN_EVERY_S, clock=time.monotonic):
-        self.desc, self.out, self.every, self.clock = desc, out, every, clock
-        self.total, self.n, self.postfix = None, 0, {}
-        self.start, self.last_text, self.last_time = clock(), None, None
-
-    def set_description(self, desc: str, refresh: bool = False) -> None:
-        self.desc = desc
-
-    def set_postfix(self, values: dict, refresh: bool = False) -> None:
-        self.postfix = dict(values)
-
-    def text(self) -> str:
-        """The state as one line (without the elapsed time, so an unchanged state prints nothing new)."""
-        steps = f"{self.n} steps"
-        if self.total:
-            steps = f"{self.n}/{self.total} steps ({100 * self.n / self.total:.0f}%)"
-        return ", ".join([f"{self.desc}: {steps}"] + [f"{k} {v}" for k, v in self.postfix.items()])
-
-    def refresh(self, final: bool = False) -> None:
-        """Print the state when it changed and the last line is `every` seconds old (or `final`)."""
-        now, text = self.clock(), self.text()
-        if text == self.last_text or (not final and self.last_time is not None
-                                      and now - self.last_time < self.every):
-            return
-        print(f"{text} [{now - self.start:.0f} s]", file=self.out, flush=True)
-        self.last_text, self.last_time = text, now
-
-    def close(self) -> None:
-        self.refresh(final=True)
-
-
-def _is_terminal(out) -> bool:
-    try:
-        return bool(out.isatty())
-    except (AttributeError, ValueError):         # no isatty, or a closed file
-        return False
-
-
 @contextmanager
 def progress_bar(desc: str, stopped: str, out=None):
     """Progress of a wait loop on stderr (or `out`): a tqdm bar of steps in a terminal, otherwise plain lines
     (PlainProgress) instead of a redrawn bar per update. Ctrl-C ends the wait with the one line `stopped` (the
     work goes on in the background)."""
     out = out or sys.stderr
-    if _is_terminal(out):
+    if is_terminal(out):
         from tqdm import tqdm
 
         bar = tqdm(total=None, file=out, unit="step", desc=desc, dynamic_ncols=True)

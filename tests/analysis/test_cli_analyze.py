@@ -102,3 +102,14 @@ def test_weightwatcher_engine_runs(tmp_path):
     proc = cli("analyze", str(tmp_path / "m"), "--engine", "weightwatcher")
     assert proc.returncode == 0, proc.stderr
     assert "weightwatcher analysed" in proc.stdout and "q_proj" in proc.stdout
+
+
+def test_progress_in_a_pipe_is_plain_lines_not_a_redrawn_bar(tmp_path):
+    tiny_llama(tmp_path / "m")
+    r = cli("analyze", str(tmp_path / "m"), "--no-cache", "--out", str(tmp_path / "m.csv"))
+    assert r.returncode == 0, r.stderr
+    assert "\r" not in r.stderr and "\x1b[" not in r.stderr          # no carriage returns, no cursor movement
+    lines = [line for line in r.stderr.splitlines() if line.startswith("analysing:")]
+    n = len(pd.read_csv(tmp_path / "m.csv"))
+    assert lines and lines[-1].startswith(f"analysing: {n}/{n} matrices (100%)")   # the final state, always
+    assert len(lines) <= 3                                            # one line per 5 s at most, not one per matrix
