@@ -253,6 +253,9 @@ def test_a_cluster_that_stops_mid_run_leaves_the_run_lost_with_a_message(store, 
     try:
         os.kill(int((state_dir / "slurmctld.pid").read_text()), signal.SIGKILL)     # the controller dies …
         assert store.reconcile() == [] and store.get(job.id).status == "running"   # a fresh heartbeat: not yet
+        with pytest.raises(SpectrascopeError, match="not reachable.*slurmctld"):     # nothing new is queued
+            store.submit(config(tiny_bert), backend="slurm")
+        assert [j.id for j in store.list(reconcile=False)] == [job.id]
         proc = cluster("down", slurm_env)                          # … then the node and every job process with it
         assert proc.returncode == 0, proc.stderr
         assert worker_processes(store, job.id) == []
@@ -274,9 +277,9 @@ def test_the_batch_script_of_a_multi_node_run_is_srun_of_torchrun_with_c10d_rend
     script = slurm.batch_script(7, command, {"nodes": 2, "gpus_per_node": 4}, {})
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
     last = shlex.split(script.strip().splitlines()[-1])
-    assert last[:8] == ["exec", "srun", "--nodes", "2", "--ntasks-per-node", "1", "--kill-on-bad-exit=1",
-                        sys.executable]
-    torchrun = last[8:]
+    assert last[:12] == ["exec", "srun", "--nodes", "2", "--ntasks-per-node", "1", "--kill-on-bad-exit=1",
+                         "--cpus-per-task", "4", "--gpus-per-node", "4", sys.executable]
+    torchrun = last[12:]
     assert torchrun[:2] == ["-m", "torch.distributed.run"]
     assert torchrun[torchrun.index("--nnodes") + 1] == "2" and torchrun[torchrun.index("--nproc_per_node") + 1] == "4"
     assert torchrun[torchrun.index("--rdzv_backend") + 1] == "c10d"

@@ -158,8 +158,12 @@ def batch_script(job_id: int, command: list[str], options: dict, config: dict) -
         run = [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(per_node),
                "-m", "training.worker", "--job", str(job_id)]
         return "\n".join([*head, "exec " + shlex.join(run), ""])
-    run = shlex.join(["srun", "--nodes", str(nodes), "--ntasks-per-node", "1", "--kill-on-bad-exit=1",
-                      python, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--nproc_per_node",
+    step = ["srun", "--nodes", str(nodes), "--ntasks-per-node", "1", "--kill-on-bad-exit=1"]
+    if per_node > 1:            # Slurm 22.05's srun no longer inherits the batch job's --cpus-per-task
+        step += ["--cpus-per-task", str(per_node)]
+    if int(options.get("gpus_per_node") or 0):
+        step += ["--gpus-per-node", str(int(options["gpus_per_node"]))]
+    run = shlex.join([*step, python, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--nproc_per_node",
                       str(per_node), "--rdzv_backend", "c10d", "--rdzv_id", str(job_id)])
     return "\n".join([*head,
                       'first=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
