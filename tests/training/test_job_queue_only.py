@@ -12,7 +12,8 @@ import pytest
 from training import study
 
 ROOT = Path(__file__).resolve().parents[2]
-LAUNCHERS = {"training/jobs.py", "training/worker.py", "training/distributed.py"}
+# … and the Slurm backend, whose launch is sbatch (called only by the job store's hand-over, training.jobs)
+LAUNCHERS = {"training/jobs.py", "training/worker.py", "training/distributed.py", "training/backends/slurm.py"}
 CALLS = {"Popen", "run", "call", "check_call", "check_output", "spawnv", "spawnl", "execv", "execl", "system",
          "startfile", "fork"}
 
