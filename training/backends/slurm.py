@@ -234,7 +234,8 @@ def _client(args: list[str], stdin: str | None = None, env: dict | None = None, 
         raise SpectrascopeError(f"{args[0]} not found: install Slurm's client commands (sbatch, squeue, scancel) "
                                 "on this machine, or submit with another --backend") from None
     except subprocess.TimeoutExpired:
-        raise SpectrascopeError(f"{what}: the Slurm controller did not answer within {CLIENT_TIMEOUT_S:.0f} s") from None
+        raise SpectrascopeError(f"{what}: the Slurm controller did not answer within {CLIENT_TIMEOUT_S:.0f} s"
+                                ) from None
     if proc.returncode != 0:
         lines = [ln.strip() for ln in (proc.stderr + "\n" + proc.stdout).splitlines() if ln.strip()]
         error = next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else f"exit {proc.returncode}")
