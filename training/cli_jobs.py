@@ -190,5 +190,10 @@ def run_logs(args) -> int:
     from training.jobs import JobStore
 
     job = JobStore().get(args.id)
-    print(job.log_tail(args.lines))
+    text = ""
+    if job.remote:           # the engine keeps a remote run's output (Ray's job logs); else the run folder's log
+        from training import backends
+
+        text = backends.get(job.backend).logs(job, args.lines)
+    print(text or job.log_tail(args.lines))
     return 0
