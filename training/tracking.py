@@ -19,6 +19,7 @@ DB = "mlflow.db"                        # the default store: sqlite:///<data>/ml
 ARTIFACT_ROOT = "mlflow-artifacts"      # … and its artifacts beside it: <data>/mlflow-artifacts
 # TrainConfig fields that say where and whether a run is tracked: not hyperparameters, not logged as params.
 TRACKING_FIELDS = ("mlflow", "mlflow_uri", "mlflow_alpha")
+OFF_SWITCH = "SPECTRASCOPE_MLFLOW"      # =0: no run is tracked (e.g. a test suite that checks tracking elsewhere)
 FLUSH_S = 2.0                           # progress metrics are sent in batches at most this often
 PARAM_MAX = 6000                        # MLflow's longest param value (mlflow.utils.validation)
 STATUS = {"done": "FINISHED", "failed": "FAILED", "cancelled": "KILLED", "lost": "FAILED"}
@@ -38,9 +39,9 @@ def default_uri(data: str | Path | None = None) -> str:
 
 
 def destination(config: dict) -> str | None:
-    """Where a job's run logs: None when tracking is off (config mlflow false), else the config's mlflow_uri or
-    default_uri()."""
-    if config.get("mlflow") is False:
+    """Where a job's run logs: None when tracking is off (config mlflow false, or $SPECTRASCOPE_MLFLOW=0 for
+    every run: a test suite's switch), else the config's mlflow_uri or default_uri()."""
+    if config.get("mlflow") is False or os.environ.get(OFF_SWITCH, "").strip().lower() in ("0", "off", "false", "no"):
         return None
     return config.get("mlflow_uri") or default_uri()
 

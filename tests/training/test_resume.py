@@ -141,6 +141,7 @@ def store(tmp_path, monkeypatch):
     monkeypatch.setenv("SPECTRASCOPE_DATA", str(tmp_path))
     monkeypatch.setenv("SPECTRASCOPE_MAX_JOBS", "1")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("SPECTRASCOPE_MLFLOW", "1")          # tracked, whatever the session says
     store = JobStore(tmp_path)
     yield store
     kill_job_processes(store)

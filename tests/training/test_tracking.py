@@ -30,6 +30,7 @@ def store(tmp_path, monkeypatch):
     monkeypatch.setenv("SPECTRASCOPE_DATA", str(tmp_path))
     monkeypatch.setenv("SPECTRASCOPE_MAX_JOBS", "1")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("SPECTRASCOPE_MLFLOW", "1")          # tracked, whatever the session says
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     store = JobStore(tmp_path)
@@ -109,12 +110,15 @@ def test_tracking_failures_warn_and_no_mlflow_logs_nothing(store, tmp_path, tiny
 
 def test_destination_follows_the_config_then_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("SPECTRASCOPE_DATA", str(tmp_path))
+    monkeypatch.delenv("SPECTRASCOPE_MLFLOW", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert tracking.destination({}) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert tracking.destination({}) == "http://127.0.0.1:5000"
     assert tracking.destination({"mlflow_uri": "sqlite:///x.db"}) == "sqlite:///x.db"
     assert tracking.destination({"mlflow": False, "mlflow_uri": "sqlite:///x.db"}) is None
+    monkeypatch.setenv("SPECTRASCOPE_MLFLOW", "0")
+    assert tracking.destination({"mlflow_uri": "sqlite:///x.db"}) is None
 
 
 def test_the_submit_flags_and_bad_values(tmp_path):
