@@ -103,7 +103,7 @@ def test_unreachable_address_is_one_line_and_queues_nothing(store, tiny_bert):
     assert store.list() == []
 
 
-def test_slurm_options_and_more_gpus_than_the_cluster_are_refused(store, tiny_bert, head):
+def test_slurm_options_and_more_gpus_than_the_cluster_are_refused(store, tiny_bert, head, monkeypatch):
     with pytest.raises(SpectrascopeError, match="--partition.*Slurm options") as err:
         store.submit(lora(tiny_bert), backend="ray", backend_options={"address": head.dashboard, "partition": "x"})
     assert "\n" not in str(err.value)
@@ -112,8 +112,10 @@ def test_slurm_options_and_more_gpus_than_the_cluster_are_refused(store, tiny_be
     with pytest.raises(SpectrascopeError, match="cpu_processes=3: .* has 2 CPUs"):
         store.submit(lora(tiny_bert, cpu_processes=3), backend="ray", backend_options={"address": head.dashboard})
     assert store.list() == []
+    monkeypatch.setenv("RAY_ADDRESS", f"http://127.0.0.1:{free_port()}")    # Ray's override of a given address
     assert ray_jobs.BACKEND.check({"address": head.dashboard}, {"gpus": 1}) == {
         "address": head.dashboard, "num_gpus": 0, "num_cpus": 1, "processes": 1}
+    assert ray_jobs.BACKEND.check({"address": head.address}, {"cpu_processes": 2})["processes"] == 2  # bootstrap
 
 
 # ---------------------------------------------------------------- a run from submit to done
