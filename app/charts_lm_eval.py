@@ -9,8 +9,9 @@ BASE_COLOUR, RUN_COLOUR = "#7f7f7f", "#1f77b4"
 
 
 def labelled(frame: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
-    """The frame with a `label` per row: the run's name (or the base id), plus the limit and shots when they are
-    not every document / zero-shot, so different settings of one run never share a bar."""
+    """The frame with a `label` per row (the run's name or the base id, plus the limit and shots when they are not
+    every document / zero-shot, so different settings of one run never share a bar) and a `measure` (the metric,
+    with lm-eval's filter when it is not 'none')."""
     def label(r) -> str:
         text = names.get(str(r.run_id), str(r.run_id))
         if r.limit_docs:
@@ -19,13 +20,14 @@ def labelled(frame: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
             text += f" · {int(r.num_fewshot)}-shot"
         return text
 
-    return frame.assign(label=[label(r) for r in frame.itertuples()])
+    measures = [m if f == "none" else f"{m} ({f})" for m, f in zip(frame["metric"], frame["filter"])]
+    return frame.assign(label=[label(r) for r in frame.itertuples()], measure=measures)
 
 
 def bars(frame: pd.DataFrame, task: str, metric: str) -> go.Figure:
-    """One bar per run (base models grey) of one task's metric; error bars ±1.96 × lm-eval's stderr, none where
-    lm-eval gives no stderr (perplexities)."""
-    part = frame[(frame["task"] == task) & (frame["metric"] == metric)]
+    """One bar per run (base models grey) of one task's measure (a `labelled` frame); error bars ±1.96 ×
+    lm-eval's stderr, none where lm-eval gives no stderr (perplexities)."""
+    part = frame[(frame["task"] == task) & (frame["measure"] == metric)]
     half = [None if pd.isna(s) else Z95 * float(s) for s in part["stderr"]]
     fig = go.Figure()
     fig.add_bar(x=part["label"], y=part["value"], text=[f"{v:.3f}" for v in part["value"]], textposition="inside",

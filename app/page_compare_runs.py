@@ -361,10 +361,9 @@ def lm_eval_section(runs: pd.DataFrame, stem: str) -> None:
     """lm-evaluation-harness results of these runs and their base models (evaluate --harness lm_eval, or the
     New-run form's end-of-run pass), with lm-eval's stderr as the interval; nothing when none are stored."""
     from app import charts_lm_eval
-    from training.evaluation import base_id
-    from training.lm_eval_harness import results_frame
+    from training.lm_eval_harness import base_run_id, results_frame
 
-    ids = set(runs["run_id"].astype(str)) | {base_id(m) for m in runs["model"].dropna().unique()}
+    ids = set(runs["run_id"].astype(str)) | {base_run_id(m) for m in runs["model"].dropna().unique()}
     frame = results_frame(sorted(ids))
     if frame.empty:
         return
@@ -372,7 +371,7 @@ def lm_eval_section(runs: pd.DataFrame, stem: str) -> None:
     st.subheader("lm-evaluation-harness")
     c1, c2, _ = st.columns([2, 2, 2])
     task = c1.selectbox("lm-eval task", sorted(frame["task"].unique()), key=f"lm_eval_task_{stem}")
-    metric = c2.selectbox("lm-eval metric", sorted(frame[frame["task"] == task]["metric"].unique()),
+    metric = c2.selectbox("lm-eval metric", sorted(frame[frame["task"] == task]["measure"].unique()),
                           key=f"lm_eval_metric_{stem}_{task}")
     chart(charts_lm_eval.bars(frame, task, metric), "lm_eval", stem)
     st.dataframe(charts_lm_eval.table(frame), hide_index=True, width="stretch")

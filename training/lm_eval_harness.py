@@ -251,16 +251,23 @@ class LmEvalStore:
 
 # ----------------------------------------------------------------------------------------------- entry points
 
+def base_run_id(model: str | None) -> str:
+    """The run id a base model's lm-eval results are stored under: base:<model>, a built-in by its canonical
+    name (so smollm2 and SmolLM2-135M-Instruct are one base)."""
+    from analysis.builtin_models import resolve_builtin
+    from training.evaluation import base_id
+
+    return base_id((resolve_builtin(model) if model else None) or model)
+
+
 def evaluate_base(model: str, tasks, include_path=None, limit: int | None = None, num_fewshot: int | None = None,
                   trust_remote_code: bool = False, device: str = "auto", batch_size: int = BATCH_SIZE,
                   store: LmEvalStore | None = None) -> dict:
     """A base model through lm-eval, stored under base:<model>; the summary dict (see `summary`)."""
-    from training.evaluation import base_id
-
     names = check_tasks(tasks, include_path)              # bad names fail before any weights load
     lm, tokenizer, backend = base_model(model, trust_remote_code, device)
     out = evaluate(lm, tokenizer, names, include_path, limit, num_fewshot, batch_size, backend)
-    run_id = base_id(model)
+    run_id = base_run_id(model)
     (store or LmEvalStore()).record(run_id, out, limit)
     return summary(run_id, out, limit)
 
