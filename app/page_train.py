@@ -64,19 +64,22 @@ def progress_lines(job) -> list[dict]:
 # ---------------------------------------------------------------- runs table and run detail
 
 def runs_frame(jobs: list) -> pd.DataFrame:
-    """One row per job, newest first: id, name, method, task, status, progress, ETA, last loss, started."""
+    """One row per job, newest first: id, name, method, task, status, where, progress, ETA, last loss, started."""
     now = time.time()
     rows = []
     for job in reversed(jobs[-MAX_TABLE_ROWS:]):
         s = summarise(job, progress_lines(job), now)
         rows.append({"id": job.id, "name": job.name, "method": registry.label(job.config.get("method")),
-                     "task": job.config.get("task"), "status": job.status, "progress": 100 * s["progress"],
+                     "task": job.config.get("task"), "status": job.status, "where": job.where,
+                     "progress": 100 * s["progress"],
                      "step": f"{s['step']}/{s['total']}" if s["total"] else "",
                      "ETA": "" if s["eta"] is None else human_seconds(s["eta"]),
                      "last loss": s["loss"], "started": datetime.fromtimestamp(job.started or job.created),
                      "note": (job.error or "").splitlines()[0] if job.status in ("failed", "lost") else ""})
-    frame = pd.DataFrame(rows, columns=["id", "name", "method", "task", "status", "progress", "step", "ETA",
+    frame = pd.DataFrame(rows, columns=["id", "name", "method", "task", "status", "where", "progress", "step", "ETA",
                                         "last loss", "started", "note"])
+    if not (frame["where"] != "local").any():      # where: only when a run is on a GPU or a cluster (Job.where)
+        frame = frame.drop(columns="where")
     return frame if frame["note"].astype(bool).any() else frame.drop(columns="note")
 
 

@@ -177,6 +177,9 @@ def test_slurm_runs_go_to_done_and_their_artifacts_reload(store, tiny_bert, time
     assert reloaded["loss"] == pytest.approx(result["test"]["loss"], rel=1e-4)
     assert ddp.result()["processes"] == 2                            # torchrun's two ranks trained together
     assert json.loads(ddp.path("manifest.json").read_text())["processes"] == 2
+    from app.page_train import runs_frame
+
+    assert list(runs_frame(store.list())["where"]) == [f"slurm {ddp.external_id}", f"slurm {job.external_id}"]
 
 
 def test_bad_settings_say_one_line_and_queue_nothing(store, tiny_bert):
