@@ -9,8 +9,11 @@ import shutil
 import time
 import uuid
 from collections import Counter
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .config import DEFAULT_MODEL, SMOLLM2, data_dir
 from .types import SourceError
@@ -148,6 +151,28 @@ def read_marker(folder: Path) -> dict | None:
         return None
 
 
+# Who hears what opening a model is doing now (a phase longer than a moment: converting a GGUF file). A context
+# variable, so each app session's thread and each CLI run hear their own; set with `phases(callback)`.
+_PHASE: ContextVar[Callable[[str], None] | None] = ContextVar("spectrascope_phase", default=None)
+
+
+@contextmanager
+def phases(callback: Callable[[str], None] | None):
+    """Within the block, report_phase(text) calls `callback(text)` (None: nobody listens)."""
+    token = _PHASE.set(callback)
+    try:
+        yield
+    finally:
+        _PHASE.reset(token)
+
+
+def report_phase(text: str) -> None:
+    """Say what opening a model is doing now, to whoever listens (see phases)."""
+    callback = _PHASE.get()
+    if callback is not None:
+        callback(text)
+
+
 def converted_gguf_folder(gguf_path: Path, folder: Path, trust_remote_code: bool = False) -> Path:
     """A safetensors checkpoint folder converted from gguf_path, made once (atomically) and reused after.
 
@@ -162,6 +187,7 @@ def converted_gguf_folder(gguf_path: Path, folder: Path, trust_remote_code: bool
     _remove_stale_temps(folder)
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
+        report_phase(f"converting {gguf_path.name} to safetensors (once: later opens reuse the conversion)")
         info = gguf_quant_info(gguf_path)
         _convert_gguf(gguf_path, tmp, trust_remote_code)
         record = {"gguf": stamp, "quant": info, "flags": list(gguf_flags(info))}

@@ -64,8 +64,9 @@ class AnalysisResult:
     evals: dict[str, np.ndarray]
     skipped: list[tuple[str, str]] = field(default_factory=list)
     num_parameters: int | None = None
-    elapsed_s: float = 0.0
+    elapsed_s: float = 0.0               # the analysis of the matrices
     from_cache: bool = False
+    open_s: float = 0.0                  # opening before it: a download, a GGUF conversion, reading the headers
 
     @cached_property
     def layer_rows(self) -> list[dict]:
@@ -269,7 +270,7 @@ def _save_cache(path: Path, result: AnalysisResult) -> None:
                   {"_empty": np.zeros(0)}, str(tmp / "evals.safetensors"))
         meta = {"model": result.model, "flags": result.flags, "identity": result.identity,
                 "settings": result.settings, "skipped": result.skipped, "evals_keys": keys,
-                "num_parameters": result.num_parameters, "elapsed_s": result.elapsed_s}
+                "num_parameters": result.num_parameters, "elapsed_s": result.elapsed_s, "open_s": result.open_s}
         (tmp / "meta.json").write_text(json.dumps(meta, default=str))
         if path.exists():
             shutil.rmtree(path, ignore_errors=True)
@@ -293,7 +294,7 @@ def _load_cache(path: Path) -> AnalysisResult | None:
     return AnalysisResult(model=meta["model"], flags=meta["flags"], identity=meta["identity"],
                           settings=meta["settings"], rows=rows, evals=evals,
                           skipped=[tuple(s) for s in meta["skipped"]], num_parameters=meta["num_parameters"],
-                          elapsed_s=meta["elapsed_s"], from_cache=True)
+                          elapsed_s=meta["elapsed_s"], open_s=meta.get("open_s", 0.0), from_cache=True)
 
 
 # ---------------------------------------------------------------- whole model
@@ -319,7 +320,7 @@ def resolve_device(device: str = "auto") -> str:
 
 def analyze(model=None, adapter=None, *, device: str = "auto", use_cache: bool = True,
             progress: Progress | None = None, source=None, batch_size: int | None = None,
-            workers: int | None = None, download=None, ray: str | None = None) -> AnalysisResult:
+            workers: int | None = None, download=None, ray: str | None = None, phase=None) -> AnalysisResult:
     """Analyse every 2-D weight matrix of a model (see analysis.sources.open_source for what `model` may be;
     `download(done_bytes, total_bytes, file)` reports a hub model's download, which runs while it is analysed).
 
@@ -330,12 +331,17 @@ def analyze(model=None, adapter=None, *, device: str = "auto", use_cache: bool =
     identity (paths, sizes, mtimes) and the settings, so an unchanged checkpoint returns at once.
     With `ray` (a Ray cluster's address) Ray tasks compute the matrices (analysis.ray_fanout): each opens the
     checkpoint itself and runs the same per-matrix code, so the rows are the local run's.
+    `phase(text)` hears what opening is doing before the first matrix (converting a GGUF file once, reading the
+    checkpoint's matrix list); the result's `open_s` is that time and `elapsed_s` the analysis after it.
     """
+    from analysis.builtin_models import phases
     from analysis.sources import open_source
+    t_call = time.perf_counter()
     device = resolve_device(device) if ray is None else device      # Ray tasks resolve it on their node
     if ray is not None and source is not None:
         raise SpectrascopeError("analysis on Ray takes the model by name or path (its tasks open it), not a source")
-    src = source if source is not None else open_source(model, adapter, download=download)
+    with phases(phase):
+        src = source if source is not None else open_source(model, adapter, download=download)
     settings = {"evals_thresh": esd.EVALS_THRESH, "hill_bins": esd.HILL_BINS, "ks_d_max": esd.KS_D_MAX,
                 "alpha_spurious": esd.ALPHA_SPURIOUS, "min_tail": esd.MIN_TAIL, "gram_rcond": esd.GRAM_RCOND}
     identity = src.identity()
@@ -345,8 +351,10 @@ def analyze(model=None, adapter=None, *, device: str = "auto", use_cache: bool =
         if cached is not None:
             return cached
 
-    t0 = time.perf_counter()
+    if phase is not None:
+        phase("reading the checkpoint's matrix list")
     infos = src.matrices()
+    t0 = time.perf_counter()
     if not infos:
         raise SpectrascopeError(f"{src.label} has no 2-D weight matrices to analyse; is it a transformer checkpoint?")
     rows: list[dict] = []
@@ -375,7 +383,8 @@ def analyze(model=None, adapter=None, *, device: str = "auto", use_cache: bool =
             row["notes"] = "; ".join(n for n in [row["notes"] or "", *src.flags] if n)
     result = AnalysisResult(model=src.label, flags=list(src.flags), identity=identity, settings=settings,
                             rows=rows, evals=evals, skipped=skipped,
-                            num_parameters=_safe_num_parameters(src), elapsed_s=time.perf_counter() - t0)
+                            num_parameters=_safe_num_parameters(src), elapsed_s=time.perf_counter() - t0,
+                            open_s=t0 - t_call)
     if cache_path is not None:
         try:
             _save_cache(cache_path, result)

@@ -363,12 +363,21 @@ def analysis_for(choice: ModelChoice, where=None):
     box = where.empty()
     bar = box.progress(0.0, text=f"Opening {choice.label}…")
     t0 = time.perf_counter()
+    first: list[tuple[float, int]] = []            # (time, matrices done) at the first matrix: ETA from there on
+
+    def phase(text: str) -> None:
+        bar.progress(0.0, text=f"{choice.label}: {text}… · {time.perf_counter() - t0:,.0f} s")
 
     def progress(done: int, total: int, name: str) -> None:
-        elapsed = time.perf_counter() - t0
-        eta = elapsed / max(done, 1) * (total - done)
+        now = time.perf_counter()
+        if not first:
+            first.append((now, done))
+        t1, d1 = first[0]
+        eta = (f" · ETA {(now - t1) / (done - d1) * (total - done):,.0f} s" if done - d1 >= 2 and done < total
+               else "")                            # only from measured matrices (never from the opening's time)
         bar.progress(min(done / max(total, 1), 1.0),
-                     text=f"Analysing {choice.label}: {done}/{total} matrices · ETA {eta:,.0f} s · {name}")
+                     text=f"Analysing {choice.label}: {done}/{total} matrices{eta} · {now - t0:,.0f} s so far · "
+                          f"{name}")
 
     def download(done: int, total: int, name: str) -> None:
         mb = 1024 * 1024
@@ -377,7 +386,7 @@ def analysis_for(choice: ModelChoice, where=None):
 
     try:
         result = engine.analyze(choice.model, choice.adapter, device=choice.device, progress=progress,
-                                download=download)
+                                download=download, phase=phase)
     except SpectrascopeError as err:
         box.empty()
         show_error(err, choice)

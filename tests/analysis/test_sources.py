@@ -548,3 +548,29 @@ def test_gguf_file(tmp_path):
     mtime = (folder / "model.safetensors").stat().st_mtime_ns
     again = open_source(tmp_path / "g")  # the folder holding only the GGUF file: converted once, reused
     assert again.hf_folder() == folder and (folder / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_gguf_conversion_is_a_named_phase_and_counted_in_the_wait(tmp_path, monkeypatch):
+    """Opening a GGUF file the first time says it converts, and its time is the result's open_s, not lost."""
+    import time
+
+    from analysis import builtin_models, engine
+
+    (tmp_path / "g").mkdir()
+    write_tiny_gguf(tmp_path / "g" / "tiny.gguf")
+    real = builtin_models._convert_gguf
+
+    def slow(*args, **kw):                              # a conversion that takes a known second
+        time.sleep(1.0)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(builtin_models, "_convert_gguf", slow)
+    heard: list[str] = []
+    t0 = time.perf_counter()
+    result = engine.analyze(tmp_path / "g" / "tiny.gguf", use_cache=False, phase=heard.append)
+    wall = time.perf_counter() - t0
+    assert heard[0].startswith("converting tiny.gguf to safetensors (once") and "matrix list" in heard[-1]
+    assert 1.0 <= result.open_s and result.open_s + result.elapsed_s <= wall
+    heard.clear()
+    again = engine.analyze(tmp_path / "g" / "tiny.gguf", use_cache=False, phase=heard.append)
+    assert not any(h.startswith("converting") for h in heard) and again.open_s < 1.0   # converted once
