@@ -208,3 +208,18 @@ def test_sigkilled_worker_resumes_to_the_planned_steps_with_one_loss_per_step(st
         store.resume(early.id)
     assert_clear_error(cli("resume", str(early.id), data=tmp_path), "no checkpoint")
     assert_clear_error(cli("resume", "999", data=tmp_path), "no job with id 999")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["adalora", "moe_lora", "full"])
+def test_other_methods_resume_to_the_same_losses(tmp_path, tiny_bert, method):
+    """AdaLoRA (its importance averages and rank pattern are in the checkpoint), MoE-LoRA (per-expert dropout,
+    balance loss) and a full fine-tune (every weight) with dropout on."""
+    config = {"method": method, "model": tiny_bert, "max_steps": 16, "eval_every": 5, **SMALL}
+    ref_lines: list[dict] = []
+    ref_result = train(config, tmp_path / "ref", progress=ref_lines.append)
+    _, lines, result = stopped_then_resumed(config, tmp_path / "run", stop_after=12)
+    ref = losses(ref_lines)
+    assert [line["step"] for line in lines] == list(range(11, 17))
+    np.testing.assert_allclose([line["loss"] for line in lines], [ref[line["step"]] for line in lines], rtol=1e-5)
+    assert result["test"] == pytest.approx(ref_result["test"], rel=1e-5)
