@@ -159,22 +159,23 @@ def set_rng_state(state: dict) -> None:
 
 
 def method_state(model) -> dict:
-    """State a method keeps outside the weights: peft AdaLoRA's importance averages and its rank pattern."""
+    """State a method keeps outside the weights: a peft RankAllocator's importance averages and the rank pattern
+    it pruned to (without them a resumed run past the final pruning step fails)."""
     tuner = getattr(model, "base_model", None)
     allocator = getattr(tuner, "rankallocator", None)
     if allocator is None:
         return {}
     config = tuner.peft_config[tuner.trainable_adapter_name]
-    return {"adalora": {key: {k: v.detach().cpu().clone() for k, v in getattr(allocator, key).items()}
-                        for key in ("ipt", "exp_avg_ipt", "exp_avg_unc")}
+    return {"rank_allocator": {key: {k: v.detach().cpu().clone() for k, v in getattr(allocator, key).items()}
+                               for key in ("ipt", "exp_avg_ipt", "exp_avg_unc")}
             | {"rank_pattern": json.dumps(config.rank_pattern)}}
 
 
 def restore_method_state(model, state: dict) -> None:
-    if "adalora" not in state:
+    if "rank_allocator" not in state:
         return
     tuner = model.base_model
-    allocator, saved = tuner.rankallocator, dict(state["adalora"])
+    allocator, saved = tuner.rankallocator, dict(state["rank_allocator"])
     tuner.peft_config[tuner.trainable_adapter_name].rank_pattern = json.loads(saved.pop("rank_pattern"))
     device = next(model.parameters()).device
     for key, values in saved.items():
