@@ -283,6 +283,32 @@ def method_option_inputs(spec) -> dict:
     return out
 
 
+def backend_section() -> tuple[str, dict]:
+    """Where the run runs: this machine, a Slurm job or a Ray job, with the backend's own options (empty fields
+    are left to the cluster's defaults); the backend checks them at submit."""
+    from training.backends import NAMES, OPTIONS
+
+    labels = {"local": "this machine", "slurm": "Slurm cluster", "ray": "Ray cluster"}
+    fields = {b: [o for o in OPTIONS if o[0] == b] for b in NAMES}
+    cols = st.columns(1 + max(len(f) for f in fields.values()))
+    backend = cols[0].selectbox("Runs on", NAMES, key=_default("backend", "local", options=list(NAMES)),
+                                format_func=lambda b: labels.get(b, b),
+                                help="this machine: the local queue; Slurm: one sbatch job per run (the cluster "
+                                     "must see this code and the data directory at the same paths); Ray: one Ray "
+                                     "job per run (docs/cluster.md)")
+    options = {}
+    for col, (_, key, _, label, kind, text) in zip(cols[1:], fields[backend]):
+        if kind is int:
+            value = col.number_input(label, 0, 10**4, None, step=1, key=_default(key, None, int), help=text,
+                                     placeholder="cluster default")
+        else:
+            value = col.text_input(label, key=_default(key, ""), help=text, placeholder="cluster default"
+                                   if key != "address" else "$RAY_ADDRESS").strip() or None
+        if value is not None:
+            options[key] = value
+    return backend, options
+
+
 def run_form(store: JobStore):
     """Model, task, method, hyperparameters, allocation, run name and Submit; the queued Job, or None."""
     st.session_state[FIELDS] = {}
@@ -374,6 +400,7 @@ def run_form(store: JobStore):
         lm_limit = st.number_input("lm-eval documents per task", 1, 10**7, None, step=100,
                                    key=_default("lm_eval_limit", DEFAULTS.lm_eval_limit, int),
                                    placeholder="all documents", help="The first N documents of each task")
+    backend, backend_options = backend_section()
     st.markdown("**Allocation**")
     allocation, problems = allocation_section(method, model)
     if model:                              # config, architecture, weights, tokenizer: cached per folder state
@@ -411,7 +438,7 @@ def run_form(store: JobStore):
     config = registry.config_for(method, config)          # only the options this method takes
     try:
         with st.spinner("Checking the model, the task data and the options…"):
-            job = store.submit(config, name=name or None)
+            job = store.submit(config, name=name or None, backend=backend, backend_options=backend_options)
     except SpectrascopeError as err:
         st.error(f"Not submitted: {err}", icon=":material/error:")
         return None

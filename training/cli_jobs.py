@@ -34,15 +34,11 @@ SUBMIT_OPTIONS = [
 ]
 
 
-# Options of the remote backends (training.backends): (flag, option key, type, help). Each backend checks its own.
-BACKEND_OPTIONS = [
-    ("--partition", "partition", str, "slurm: partition (default: the cluster's default partition)"),
-    ("--nodes", "nodes", int, "slurm: nodes for a multi-node data-parallel run (default 1)"),
-    ("--gpus-per-node", "gpus_per_node", int, "slurm: GPUs on each node (default 0: CPU)"),
-    ("--time", "time", str, "slurm: time limit HH:MM:SS (default: the partition's)"),
-    ("--account", "account", str, "slurm: account to charge"),
-    ("--ray-address", "address", str, "ray: the cluster's dashboard address (default $RAY_ADDRESS)"),
-]
+def backend_option_specs() -> list[tuple[str, str, type, str]]:
+    """(flag, option key, type, help) of every remote backend's options (training.backends.OPTIONS)."""
+    from training.backends import OPTIONS
+
+    return [(flag, key, kind, f"{backend}: {text}") for backend, key, flag, _, kind, text in OPTIONS]
 
 
 def backend_names() -> tuple[str, ...]:
@@ -53,7 +49,7 @@ def backend_names() -> tuple[str, ...]:
 
 def backend_options(args) -> dict:
     """The backend options given on the command line (flags left unset are not passed)."""
-    return {key: getattr(args, key) for _, key, _, _ in BACKEND_OPTIONS if getattr(args, key, None) is not None}
+    return {key: getattr(args, key) for _, key, _, _ in backend_option_specs() if getattr(args, key, None) is not None}
 
 
 def add_parser(sub) -> None:
@@ -72,7 +68,7 @@ def add_parser(sub) -> None:
     p.add_argument("--wait", action="store_true", help="block until the job ends; print its result as JSON")
     p.add_argument("--backend", default="local", choices=backend_names(),
                    help="where the run runs: local (this machine, default), slurm (one Slurm job), ray (a Ray job)")
-    for flag, dest, kind, text in BACKEND_OPTIONS:
+    for flag, dest, kind, text in backend_option_specs():
         p.add_argument(flag, dest=dest, type=kind, help=text)
 
     p = sub.add_parser("list", help="jobs, oldest first")

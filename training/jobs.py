@@ -17,7 +17,8 @@ import psutil
 
 from analysis.config import data_dir
 from analysis.types import SpectrascopeError
-from training import run_layout
+from training import backends, run_layout
+from training.model_check import one_line
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 FINAL = ("done", "failed", "cancelled", "lost")
@@ -288,8 +289,6 @@ class JobStore:
         address, …). Nothing is queued when the config, the model, the task data, the name or the backend
         settings are bad: a SpectrascopeError says what was wrong.
         """
-        from training import backends
-
         from training.base_jobs import check_base_eval, is_base_eval
         from training.trainer import prepare_config
 
@@ -386,7 +385,7 @@ class JobStore:
                 continue
             else:
                 error = f"worker process {job.pid} ended without reporting a result"
-            tail = job.log_tail(20)
+            tail = job.log_tail(20) or (backends.engine_logs(job) if job.remote else "")
             if self._set_final(job.id, "lost", f"{error}; log tail:\n{tail}" if tail else error,
                                only_from="running"):
                 lost.append(job.id)
@@ -429,23 +428,19 @@ class JobStore:
         return env
 
     def _launch_remote(self, con: sqlite3.Connection, job: Job) -> None:
-        from training import backends
-
         Path(job.run_dir).mkdir(parents=True, exist_ok=True)
         now = time.time()
         try:
             external = backends.get(job.backend).launch(job, worker_command(job.id), self._worker_env())
         except Exception as exc:  # noqa: BLE001 - a refused hand-over is the run's outcome, said in one line
             con.execute("UPDATE jobs SET status = 'failed', finished = ?, error = ? WHERE id = ?",
-                        (now, f"{job.backend} did not take the run: {_one_line(exc)}", job.id))
+                        (now, f"{job.backend} did not take the run: {one_line(exc)}", job.id))
             return
         con.execute("UPDATE jobs SET status = 'running', external_id = ?, started = ?, heartbeat = ? WHERE id = ?",
                     (str(external), now, now, job.id))
 
     def _remote_gone(self, job: Job) -> str | None:
         """Why a running remote job is lost, or None while its engine still has it (or a result is coming)."""
-        from training import backends
-
         state = backends.get(job.backend).poll(job)
         if state.state == "ended":
             time.sleep(0.2)
@@ -462,8 +457,6 @@ class JobStore:
         return None
 
     def _cancel_remote(self, job: Job, grace: float) -> None:
-        from training import backends
-
         job.path(run_layout.CANCEL_FLAG).touch()          # the worker stops at its next step and records it
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and not self.get(job.id).final:
@@ -557,11 +550,6 @@ def _job(row: sqlite3.Row) -> Job:
     values["config"] = json.loads(values["config"])
     values["backend_options"] = json.loads(values["backend_options"]) if values.get("backend_options") else None
     return Job(**values)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _signal_group(pid: int | None, sig: int) -> None:

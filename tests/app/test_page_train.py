@@ -334,3 +334,23 @@ def test_bad_model_folder_is_an_error_before_submit_and_nothing_starts(app, data
         ok(at)
         [after] = [e.value for e in at.error if "cannot be used" in e.value]
         assert "configuration_x.py" in after and "Trust remote code" not in after
+
+
+def test_the_form_sends_a_run_to_a_cluster_and_an_unreachable_one_queues_nothing(app, data, tiny_bert, monkeypatch):
+    import socket
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with socket.socket() as s:                         # a port nobody listens on: a Ray head that is not there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    at = train_page(app, model=tiny_bert)
+    at.selectbox(key="tr_backend").set_value("ray").run()
+    assert at.text_input(key="tr_address") is not None                   # Ray's own field, and no Slurm ones
+    assert not [w for w in at.text_input if w.key == "tr_partition"]
+    at.text_input(key="tr_address").set_value(f"http://127.0.0.1:{port}").run()
+    at.button(key="tr_submit").click().run()
+    ok(at)
+    errors = [e.value for e in at.error if e.value.startswith("Not submitted")]
+    assert len(errors) == 1 and f"127.0.0.1:{port}" in errors[0]          # one line naming the address
+    assert JobStore(data).list() == [] and not any((data / "runs").glob("*"))
+    assert _url(at).get("new_backend") == "ray" and _url(at).get("new_address") == f"http://127.0.0.1:{port}"

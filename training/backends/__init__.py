@@ -9,6 +9,17 @@ from analysis.types import SpectrascopeError
 # name -> module defining BACKEND (a Backend). `local` is the SQLite runner's own processes (training.jobs).
 MODULES = {"local": None, "slurm": "training.backends.slurm", "ray": "training.backends.ray_jobs"}
 NAMES = tuple(MODULES)
+# The remote backends' options, for the CLI's flags and the Train page's fields:
+# (backend, option key, CLI flag, field label, type, help). Each backend's check() refuses the others' keys.
+OPTIONS = [
+    ("slurm", "partition", "--partition", "Partition", str, "the Slurm partition (default: the cluster's default)"),
+    ("slurm", "nodes", "--nodes", "Nodes", int, "nodes for a multi-node data-parallel run (default 1)"),
+    ("slurm", "gpus_per_node", "--gpus-per-node", "GPUs per node", int, "GPUs on each node (default 0: CPU)"),
+    ("slurm", "time", "--time", "Time limit", str, "HH:MM:SS (default: the partition's)"),
+    ("slurm", "account", "--account", "Account", str, "the Slurm account to charge"),
+    ("ray", "address", "--ray-address", "Ray address", str,
+     "the cluster's dashboard address, e.g. http://head:8265 (default $RAY_ADDRESS)"),
+]
 # A remote run whose engine cannot be reached is marked lost once its worker's heartbeat is this old (seconds).
 LOST_AFTER_S = 60.0
 
@@ -70,3 +81,11 @@ def get(name: str) -> Backend:
     if MODULES[name] is None:
         raise SpectrascopeError("the local backend is the job store's own runner (training.jobs), not a module")
     return importlib.import_module(MODULES[name]).BACKEND
+
+
+def engine_logs(job, lines: int = 20) -> str:
+    """The tail of a remote run's output as its engine keeps it (Ray keeps a job's output itself), or ''."""
+    try:
+        return get(job.backend).logs(job, lines)
+    except Exception:  # noqa: BLE001 - an engine that is gone has no logs to give: the lost message says why
+        return ""
