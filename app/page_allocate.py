@@ -235,6 +235,8 @@ def export_section(alloc: al.Allocation, m: ModelFacts) -> None:
                        icon=":material/download:", on_click="ignore", disabled=lora is None, width="stretch",
                        help="LoraConfig(**kwargs) with rank_pattern / alpha_pattern" if lora else
                             "Turn on the α-driven LoRA ranks above to export a peft LoraConfig.")
+    if lora is None:                       # a disabled button shows no tooltip in the browser: say it under it
+        c2.caption("Turn on **α-driven LoRA ranks** above to export a peft LoraConfig.")
     c1, c2, _ = st.columns([2, 1, 1], vertical_alignment="bottom")
     name = c1.text_input("Save as", value=stem, help="letters, digits, '.', '_' or '-' (saved as "
                                                       "allocations/<name>.json in the data directory)")

@@ -192,8 +192,7 @@ def pick_sides(runs: list[RunArtifact]) -> tuple[str, list[Side], str]:
     base = common.bound_text("Base model (built-in name or folder)", "cs_base",
                              placeholder=DEFAULT_MODEL, help="The pre-trained model the checkpoints below were "
                              "fine-tuned from. Runs use the base recorded in their manifest.") or DEFAULT_MODEL
-    left, right = st.columns(2)
-    with left:
+    with st.container():                 # the whole width: chips of long run labels wrap instead of scrolling away
         st.markdown("**Runs** (finished jobs in the data folder)")
         keys = [r.key for r in runs]
         chosen = [k for k in (common.view("cs_runs", "") or "").split(",") if k in keys]
@@ -208,7 +207,7 @@ def pick_sides(runs: list[RunArtifact]) -> tuple[str, list[Side], str]:
                                 placeholder="Pick runs…" if runs else "No finished runs yet",
                                 help=f"Run folders under {data_dir() / 'runs'}: LoRA = base + adapter, "
                                      "full = the saved model, MoE-LoRA = merged per expert or routing-weighted.")
-    with right:
+    with st.container():
         st.markdown("**Checkpoints on disk**")
         c1, c2 = st.columns(2)
         c1.text_input("Fine-tuned folder", key="cs_new_model", placeholder="empty: the base",

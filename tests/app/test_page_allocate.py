@@ -304,13 +304,15 @@ def test_rank_budget_exports_peft_patterns(app):
     at = open_page(app)
     downloads = {b.label: b for b in at.get("download_button")}
     assert downloads["peft LoraConfig JSON"].proto.disabled
+    why = "Turn on **α-driven LoRA ranks** above to export a peft LoraConfig."
+    assert any(c.value == why for c in at.caption)                  # a disabled button says why, visibly
     at.toggle(key="alloc_ranks_on").set_value(True).run()
     at.number_input(key="alloc_rank_budget").set_value(30).run()
     ok(at)
     table = at.data_editor[0].value
     assert sum(table[page.RANK_COL]) == 30
     downloads = {b.label: b for b in at.get("download_button")}
-    assert not downloads["peft LoraConfig JSON"].proto.disabled
+    assert not downloads["peft LoraConfig JSON"].proto.disabled and not any(c.value == why for c in at.caption)
     assert at.json and "rank_pattern" in at.json[0].value
     at.slider(key="w_budget").set_value(24).run()              # the experts change, the ranks stay
     ok(at)
