@@ -7,12 +7,11 @@ from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 from analysis.config import DEFAULT_MODEL
 from analysis.types import SpectrascopeError
-from app import common
+from app import charts_runs, common
 from app.train_form import K, read_json, run_form
 from app.train_format import human_bytes, human_seconds, settings_summary
 from training import registry
@@ -26,7 +25,6 @@ POLL = "2s"                                # the live views refresh this often w
 MAX_TABLE_ROWS = 200
 MAX_FILES = 300
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")      # terminal colour codes in the worker log
-LEGEND = dict(orientation="h", y=-0.3, x=0, xanchor="left", yanchor="top")     # below: clear of the modebar
 FORM, COLLAPSE, FLASH = K + "form_open", "_tr_collapse", "_tr_flash"
 
 
@@ -91,43 +89,6 @@ def runs_table(jobs: list) -> None:
               "started": st.column_config.DatetimeColumn("started", format="YYYY-MM-DD HH:mm:ss")}
     st.dataframe(runs_frame(jobs), hide_index=True, width="stretch", key=K + "runs_table", placeholder="",
                  column_config=config)
-
-
-def _layout(fig: go.Figure, title: str, y_title: str, lines: list[dict]) -> go.Figure:
-    total = next((ln.get("total_steps") for ln in reversed(lines) if ln.get("total_steps")), None)
-    fig.update_layout(title=title, height=360, margin=dict(l=50, r=20, t=45, b=80), xaxis_title="step",
-                      yaxis_title=y_title, legend=LEGEND, xaxis_range=[0, total * 1.02] if total else None)
-    return fig
-
-
-def loss_figure(lines: list[dict]) -> go.Figure:
-    """Training loss per step (raw and a moving average) and the validation loss at validation steps."""
-    steps = [ln for ln in lines if "loss" in ln and "step" in ln]
-    x, y = [ln["step"] for ln in steps], [ln["loss"] for ln in steps]
-    fig = go.Figure()
-    fig.add_scatter(x=x, y=y, mode="lines", name="training loss", line=dict(color="#9ecae1", width=1))
-    if len(y) >= 5:
-        smooth = pd.Series(y).rolling(min(20, max(3, len(y) // 10)), min_periods=1).mean()
-        fig.add_scatter(x=x, y=smooth, mode="lines", name="moving average", line=dict(color="#1f77b4", width=2.5))
-    evals = [ln for ln in lines if isinstance(ln.get("eval"), dict) and "loss" in ln["eval"]]
-    if evals:
-        fig.add_scatter(x=[ln["step"] for ln in evals], y=[ln["eval"]["loss"] for ln in evals], mode="lines+markers",
-                        name="validation loss", line=dict(color="#d62728", width=2), marker=dict(size=8))
-    return _layout(fig, "Loss", "loss", lines)
-
-
-def eval_figure(lines: list[dict]) -> go.Figure | None:
-    """Validation metrics (accuracy, macro F1, MCC; perplexity for LM tasks) per validation pass, or None."""
-    evals = [ln for ln in lines if isinstance(ln.get("eval"), dict)]
-    found = list(evals[0]["eval"]) if evals else []
-    metrics = [m for m in found if m not in ("loss", "perplexity")] or [m for m in found if m == "perplexity"]
-    if not metrics:
-        return None
-    fig = go.Figure()
-    for metric in metrics:
-        fig.add_scatter(x=[ln["step"] for ln in evals], y=[ln["eval"].get(metric) for ln in evals],
-                        mode="lines+markers", name=metric, marker=dict(size=8))
-    return _layout(fig, "Validation metrics", "score" if metrics != ["perplexity"] else "perplexity", lines)
 
 
 def artifact_files(run_dir: Path) -> pd.DataFrame:
@@ -241,11 +202,11 @@ def run_detail(store: JobStore, jobs: list) -> None:
     left, right = st.columns(2)
     with left:
         if any("loss" in ln for ln in lines):
-            st.plotly_chart(loss_figure(lines), key=f"{K}loss_chart", width="stretch")
+            st.plotly_chart(charts_runs.run_loss_figure(lines), key=f"{K}loss_chart", width="stretch")
         else:
             st.caption("The loss curve appears after the first training step (loading the model takes a moment).")
     with right:
-        fig = eval_figure(lines)
+        fig = charts_runs.run_eval_figure(lines)
         if fig is not None:
             st.plotly_chart(fig, key=f"{K}eval_chart", width="stretch")
         else:
