@@ -182,3 +182,29 @@ def comparison_records(rows: list[dict]) -> list[dict]:
                     "LoRA experts": c.experts, "routers": c.routers, "trainable total": c.total,
                     "share of model": None if c.share is None else 100 * c.share, "note": ""})
     return out
+
+
+def layer_count(model: str | None) -> int | None:
+    """Transformer layers of a model without analysing it: its config's num_hidden_layers (n_layer for GPT-2),
+    else counted from the block indices of its matrix names; None when neither says."""
+    import json
+    from pathlib import Path
+
+    from analysis.sources import open_source
+
+    config = Path(str(model)).expanduser() / "config.json" if model else None
+    source = None
+    try:
+        values = json.loads(config.read_text()) if config is not None and config.is_file() else None
+    except (OSError, ValueError):
+        values = None
+    if not isinstance(values, dict):
+        source = open_source(model)
+        values = source.config or {}
+    layers = values.get("num_hidden_layers") or values.get("n_layer")
+    if isinstance(layers, int) and layers > 0:
+        return layers
+    try:
+        return al.n_layers_of((source or open_source(model)).matrices())
+    except SpectrascopeError:
+        return None

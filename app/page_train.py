@@ -12,6 +12,7 @@ import streamlit as st
 from analysis.config import DEFAULT_MODEL
 from analysis.types import SpectrascopeError
 from app import charts_runs, common
+from training.job_progress import summarise
 from app.train_form import K, read_json, run_form
 from app.train_format import human_bytes, human_seconds, settings_summary
 from training import registry
@@ -29,21 +30,6 @@ FORM, COLLAPSE, FLASH = K + "form_open", "_tr_collapse", "_tr_flash"
 
 
 # ---------------------------------------------------------------- small helpers
-
-def summarise(job, lines: list[dict], now: float | None = None) -> dict:
-    """Progress (0–1), step, total, ETA (s) and last loss of a job, from its progress lines."""
-    now = now or time.time()
-    steps = [ln for ln in lines if "step" in ln]
-    last = steps[-1] if steps else {}
-    step, total = int(last.get("step") or 0), int(last.get("total_steps") or 0)
-    progress = 1.0 if job.status == "done" else (min(step / total, 1.0) if total else 0.0)
-    eta = None
-    if job.status == "running" and total and step:     # the rate since the first step (model loading excluded)
-        t0, s0 = (steps[0]["time"], steps[0]["step"]) if len(steps) > 1 else (job.started or now, 0)
-        per_step = (last.get("time", now) - t0) / max(step - s0, 1)
-        eta = max(0.0, per_step * (total - step) - (now - last.get("time", now)))
-    return {"progress": progress, "step": step, "total": total, "eta": eta, "loss": last.get("loss")}
-
 
 @st.cache_data(max_entries=512, show_spinner=False)
 def _read_progress(path: str, size: int, mtime: float) -> list[dict]:

@@ -134,23 +134,18 @@ def task_kinds(data: str) -> dict[str, str]:
 
 
 def model_layers(model: str) -> int | None:
-    """Transformer layers of a model: config.json's num_hidden_layers, else read from the (built-in) source."""
-    config = Path(model).expanduser() / "config.json"
-    if not config.is_file():
-        return _source_layers(model)
-    values = read_json(config)
-    layers = values.get("num_hidden_layers") or values.get("n_layer") if isinstance(values, dict) else None
-    return layers if isinstance(layers, int) else None
+    """Transformer layers of a model (analysis.allocation_plan.layer_count): a folder's config.json is read each
+    time (cheap, and never stale), anything else is opened once per model."""
+    from analysis.allocation_plan import layer_count
+
+    return layer_count(model) if (Path(model).expanduser() / "config.json").is_file() else _source_layers(model)
 
 
 @st.cache_data(max_entries=16, show_spinner="Reading the model's layer count…")
 def _source_layers(model: str) -> int | None:
-    from analysis.allocation import n_layers_of
-    from analysis.sources import open_source
+    from analysis.allocation_plan import layer_count
 
-    source = open_source(model)
-    layers = (source.config or {}).get("num_hidden_layers")
-    return int(layers) if layers else n_layers_of(source.matrices())
+    return layer_count(model)
 
 
 def saved_allocations() -> tuple[list[tuple[str, str | None]], str | None]:

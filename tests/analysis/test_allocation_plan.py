@@ -152,3 +152,21 @@ def test_a_strategy_that_fails_keeps_its_row_with_the_reason():
     assert records[0]["experts per layer"] == "—" and records[0]["note"] == rows[0]["error"]
     assert records[1]["trainable total"] == 4 * 8 * 16 + 4 * 8 and records[1]["note"] == ""
     assert all(r["share of model"] is None or math.isfinite(r["share of model"]) for r in records)
+
+
+def test_layer_count_from_the_config_else_from_the_matrix_names(tmp_path):
+    import json
+
+    from analysis.allocation_plan import layer_count
+    from tests.tiny_models import make_tiny_model
+
+    assert layer_count(None) == 6                                   # the default model: all-MiniLM-L6-v2
+    folder = make_tiny_model(tmp_path / "bert")                     # num_hidden_layers = 2 in its config
+    assert layer_count(str(folder)) == 2
+    config = json.loads((folder / "config.json").read_text())
+    config["num_hidden_layers"] = 7                                 # the config is what the model says it is …
+    (folder / "config.json").write_text(json.dumps(config))
+    assert layer_count(str(folder)) == 7
+    del config["num_hidden_layers"]                                 # … and without it the matrices are counted
+    (folder / "config.json").write_text(json.dumps(config))
+    assert layer_count(str(folder)) == 2
