@@ -10,6 +10,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# MLflow tracking costs ~2.5 s per job (import, store): off for the suite; tests/training/test_tracking.py and
+# test_resume.py turn it on for themselves and read the real store back.
+os.environ.setdefault("SPECTRASCOPE_MLFLOW", "0")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -16,7 +16,7 @@ from training import __main__ as cli_main
 
 ROOT = Path(__file__).resolve().parents[2]
 # The sub-commands other tools call, in help order: none may disappear or be renamed.
-COMMANDS = ["submit", "list", "show", "cancel", "logs", "evaluate", "study", "study-show", "study-list"]
+COMMANDS = ["submit", "list", "show", "cancel", "resume", "logs", "evaluate", "study", "study-show", "study-list"]
 LIBRARY = ["training.evaluation", "training.study", "training.study_plan", "training.study_report",
            "training.base_jobs", "training.jobs"]
 
@@ -73,7 +73,8 @@ def test_help_lists_the_same_sub_commands_as_before():
                                       "batch_size", "max_length", "max_train_rows", "max_eval_rows", "max_test_rows",
                                       "eval_every", "gpus", "cpu_processes", "set", "name", "trust_remote_code",
                                       "wait", "backend", "partition", "nodes", "gpus_per_node", "time",
-                                      "account", "address"}),
+                                      "account", "address", "mlflow_uri", "no_mlflow", "checkpoint_every",
+                                      "keep_checkpoints"}),
     (["list"], {"json"}), (["show", "1"], {"id"}), (["cancel", "1"], {"id", "grace"}), (["logs", "1"], {"id", "lines"}),
     (["evaluate"], {"run_id", "base", "task", "split", "recompute", "set", "trust_remote_code", "harness", "tasks",
                     "include_path", "limit", "num_fewshot", "json"}),
