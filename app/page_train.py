@@ -14,7 +14,7 @@ from analysis.types import SpectrascopeError
 from app import charts_runs, common
 from training.job_progress import summarise
 from app.train_form import K, read_json, run_form
-from app.train_format import human_bytes, human_seconds, settings_summary
+from app.train_format import human_bytes, human_seconds, setting_text, settings_summary
 from training import registry
 from training.jobs import JobStore, job_processes, read_jsonl
 
@@ -68,11 +68,15 @@ def runs_frame(jobs: list) -> pd.DataFrame:
 
 
 def runs_table(jobs: list) -> None:
-    config = {"id": st.column_config.NumberColumn("id", format="%d", width="small"),
+    small = {c: st.column_config.Column(c, width="small") for c in ("task", "status", "step", "ETA", "where")}
+    config = {**small, "id": st.column_config.NumberColumn("id", format="%d", width="small"),
+              "name": st.column_config.TextColumn("name", width="medium"),
+              "method": st.column_config.TextColumn("method", width="small"),
               "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=100, format="%.0f%%",
-                                                          width="medium"),
-              "last loss": st.column_config.NumberColumn("last loss", format="%.4f"),
-              "started": st.column_config.DatetimeColumn("started", format="YYYY-MM-DD HH:mm:ss")}
+                                                          width="small"),
+              "last loss": st.column_config.NumberColumn("last loss", format="%.4f", width="small"),
+              "started": st.column_config.DatetimeColumn("started", format="MMM D, HH:mm", width="small",
+                                                         help="when the run started (local time)")}
     st.dataframe(runs_frame(jobs), hide_index=True, width="stretch", key=K + "runs_table", placeholder="",
                  column_config=config)
 
@@ -156,7 +160,7 @@ def run_detail(store: JobStore, jobs: list) -> None:
     s = summarise(job, lines)
     result = job.result() or {}
     cfg = job.config
-    m = st.columns(6)
+    m = st.columns([1.4, 1, 1, 1, 1, 1])      # "cancelled" fits whole
     m[0].metric("Status", job.status)
     m[1].metric("Step", f"{s['step']}/{s['total']}" if s["total"] else "—")
     m[2].metric("Last loss", f"{s['loss']:.4f}" if s["loss"] is not None else "—")
@@ -169,7 +173,7 @@ def run_detail(store: JobStore, jobs: list) -> None:
     alloc = (cfg.get("allocation") or {}).get("name") or (cfg.get("allocation") or {}).get("strategy")
     procs = int(result.get("processes") or job_processes(cfg))
     st.caption(f"{registry.label(cfg.get('method'))} · model {cfg.get('model') or DEFAULT_MODEL}"
-               f" · task {cfg.get('task')} · rank {cfg.get('rank')} · seed {cfg.get('seed')}"
+               f" · task {cfg.get('task')}{setting_text(cfg)} · seed {cfg.get('seed')}"
                + (f" · allocation {alloc}" if alloc else "")
                + (f" · {procs} data-parallel processes" if procs > 1 else "")
                + f" · folder `{job.run_dir}`")
@@ -254,7 +258,8 @@ def submitted(job) -> None:
 def main() -> None:
     common.seed_view(RUN_VIEW)            # the URL seeds the selection on first visit
     st.title("Train")
-    st.caption("Fine-tune with LoRA, MoE-LoRA (optionally with an allocation from the Allocate page) or all weights. "
+    st.caption("Fine-tune with any registered method (LoRA and its SVD family, MoE-LoRA with an allocation from the "
+               "Allocate page, MiLoRA, full fine-tuning) here, on a Slurm or on a Ray cluster. "
                "Each run is a background process: it keeps going when you leave this page or close the browser.")
     try:
         store = JobStore()

@@ -42,3 +42,12 @@ def settings_summary(config: dict) -> str:
         parts.append(f"rank {config.get('rank')}")
     parts.append(f"seed {config.get('seed')}")
     return " · ".join(parts)
+
+
+def setting_text(cfg: dict) -> str:
+    """' · rank 8' (the method's own description of its setting: no rank for a full fine-tune), or ''."""
+    from training import registry
+
+    method = cfg.get("method")
+    spec = registry.get(method) if method in registry.names() else None
+    return f" · {spec.describe(cfg)}" if spec is not None and spec.describe else ""

@@ -354,3 +354,11 @@ def test_the_form_sends_a_run_to_a_cluster_and_an_unreachable_one_queues_nothing
     assert len(errors) == 1 and f"127.0.0.1:{port}" in errors[0]          # one line naming the address
     assert JobStore(data).list() == [] and not any((data / "runs").glob("*"))
     assert _url(at).get("new_backend") == "ray" and _url(at).get("new_address") == f"http://127.0.0.1:{port}"
+
+
+def test_run_detail_names_each_methods_own_setting():
+    from app.train_format import setting_text
+
+    assert setting_text({"method": "lora", "rank": 4}) == " · rank 4"
+    assert setting_text({"method": "full", "rank": 8}) == " · all weights"       # no rank for a full fine-tune
+    assert setting_text({"method": "base_eval"}) == ""                           # not a method: nothing
