@@ -293,9 +293,10 @@ def paired_section(record: dict, jobs: list) -> None:
 def main() -> None:
     common.seed_view(*VIEW)          # the URL seeds this page's view on its first visit
     st.title("Compare runs")
-    st.caption("Fine-tunes side by side: LoRA, MoE-LoRA (uniform, MoLA, AlphaLoRA) and full fine-tunes, seeds "
-               "aggregated to mean ± 95 % CI (Student t), with the base model's baselines (a linear probe and the "
-               "untrained head for encoders, zero-shot for decoders).")
+    st.caption("Fine-tunes side by side, every method's runs (a study's arms: LoRA, MoE-LoRA uniform / MoLA / "
+               "AlphaLoRA, full fine-tuning, …), seeds aggregated to mean ± 95 % CI (Student t; none at n = 1), with "
+               "the base model's baselines (a linear probe and the untrained head for encoders, zero-shot for "
+               "decoders) and lm-evaluation-harness scores where a run has them.")
     try:
         records = studies.list_studies()
     except SpectrascopeError as err:
