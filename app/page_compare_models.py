@@ -1,8 +1,6 @@
 """Compare two models page: α per layer for A and B, Δα per layer and per matrix kind, and a layer × module Δ heatmap."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import streamlit as st
 
 from analysis import plotdata
@@ -18,12 +16,9 @@ def pick_b() -> common.ModelChoice:
 
 
 def delta_heatmap(compared):
-    values = compared.pivot_table(index="layer", columns="module", values="delta", aggfunc="mean")
-    names = compared.assign(n=compared["name_a"].astype(str) + " ↔ " + compared["name_b"].astype(str)) \
-        .groupby(["layer", "module"])["n"].first().unstack("module")
-    cols = plotdata.order_modules(values.columns)
-    values = values.reindex(columns=cols).sort_index()
-    return values, names.reindex(index=values.index, columns=cols)
+    """The layer × module grid of Δ (plotdata.layer_module_grid), each cell named "A matrix ↔ B matrix"."""
+    named = compared.assign(name=compared["name_a"].astype(str) + " ↔ " + compared["name_b"].astype(str))
+    return plotdata.layer_module_grid(named, "delta")
 
 
 def main() -> None:
@@ -83,12 +78,8 @@ def main() -> None:
                      column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("α A", "α B", "Δα")})
 
     st.subheader("Intruder dimensions")
-    if (Path(__file__).parent / "page_compare_spectra.py").is_file():
-        st.page_link("page_compare_spectra.py", label="Open the spectral comparison (intruder dimensions)",
-                     icon=":material/difference:")
-    else:
-        st.info("Intruder dimensions (new high-ranking singular vectors that fine-tuning introduced) will be shown "
-                "on the Compare spectra page, built in a later issue.", icon=":material/construction:")
+    st.page_link("page_compare_spectra.py", label="Open the spectral comparison (intruder dimensions)",
+                 icon=":material/difference:")
 
 
 def _short(label: str, n: int = 48) -> str:

@@ -176,13 +176,15 @@ def at_epsilon(report: intruders.IntruderReport, eps: float) -> intruders.Intrud
 
 
 def per_layer_table(report: intruders.IntruderReport) -> pd.DataFrame:
-    rows = report.rows[report.rows["layer"].notna()]
-    out = []
-    for layer, g in rows.groupby(rows["layer"].astype(int)):
-        hit = g[g["intruders"] > 0]
-        detail = "<br>".join(f"{r.module}: {r.intruders} ({r.name})" for r in hit.itertuples()) or "none"
-        out.append({"layer": layer, "intruders": int(g["intruders"].sum()), "detail": detail})
-    return pd.DataFrame(out, columns=["layer", "intruders", "detail"])
+    """IntruderReport.per_layer (what `total` sums) with a hover line per layer naming the matrices hit."""
+    per = report.per_layer
+    rows = report.rows
+    hit = rows[rows["layer"].notna() & (rows["intruders"] > 0) & ~rows["module"].isin(intruders.SKIP_MODULES)]
+    detail = {int(layer): "<br>".join(f"{r.module}: {r.intruders} ({r.name})" for r in g.itertuples())
+              for layer, g in hit.groupby(hit["layer"].astype(int))}
+    return pd.DataFrame({"layer": per["layer"].astype(int), "intruders": per["intruders"].astype(int),
+                         "detail": [detail.get(int(x), "none") for x in per["layer"]]},
+                        columns=["layer", "intruders", "detail"])
 
 
 # ---------------------------------------------------------------- page sections
