@@ -219,7 +219,7 @@ def test_cancel_leaves_no_slurm_job_and_no_worker(store, tiny_bert):
 
 
 def test_a_restarted_app_follows_a_run_still_going_on_the_cluster(store, tiny_bert, tmp_path):
-    args = [sys.executable, "-m", "training", "submit", "--method", "lora", "--model", tiny_bert, "--max-steps", "40",
+    args = [sys.executable, "-m", "training", "submit", "--method", "lora", "--model", tiny_bert, "--max-steps", "600",
             "--set", "max_train_rows=32", "--set", "max_eval_rows=16", "--set", "max_test_rows=16",
             "--set", "eval_every=0", "--set", "mlflow=false", "--batch-size", "4", "--name", "slurm-reattach",
             "--backend", "slurm", "--wait"]
@@ -232,12 +232,12 @@ def test_a_restarted_app_follows_a_run_still_going_on_the_cluster(store, tiny_be
         app.wait(10)
     assert store.get(job.id).status == "running" and squeue(store.get(job.id).external_id)[0] == "RUNNING"
     follow = ("import json, sys; from training.jobs import JobStore; j = JobStore().wait(int(sys.argv[1]), poll=0.3,"
-              " timeout=120); print(json.dumps({'status': j.status, 'steps': len(j.progress()), 'where': j.where}))")
+              " timeout=400); print(json.dumps({'status': j.status, 'steps': len(j.progress()), 'where': j.where}))")
     out = subprocess.run([sys.executable, "-c", follow, str(job.id)], cwd=ROOT, env=dict(os.environ),
-                         capture_output=True, text=True, timeout=150)
+                         capture_output=True, text=True, timeout=450)
     assert out.returncode == 0, out.stderr
     seen = json.loads(out.stdout.strip().splitlines()[-1])
-    assert seen == {"status": "done", "steps": 40, "where": f"slurm {job.external_id}"}
+    assert seen == {"status": "done", "steps": 600, "where": f"slurm {job.external_id}"}
     wait_for(lambda: squeue(job.external_id)[0] == "COMPLETED", 30, "Slurm to record the job COMPLETED")
 
 

@@ -271,7 +271,7 @@ def test_cli_flags_set_the_opt_in(data, monkeypatch):
             raise model_check.SpectrascopeError("stop")
         return stop
 
-    monkeypatch.setattr(JobStore, "submit", lambda self, config, name=None: record("submit")(config))
+    monkeypatch.setattr(JobStore, "submit", lambda self, config, name=None, **kw: record("submit")(config))
     assert main(["submit", "--method", "lora", "--trust-remote-code"]) == 2
     assert seen["submit"]["trust_remote_code"] is True
     monkeypatch.setattr(study, "start_study", lambda spec, base_eval=True: record("study")(spec))
