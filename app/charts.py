@@ -56,6 +56,23 @@ def _layout(fig: go.Figure, height: int, **kw) -> go.Figure:
     return fig
 
 
+MODEBAR_PX = 34                      # the height of the row Plotly draws its modebar in (top right, on hover)
+
+
+def title_below_modebar(fig: go.Figure) -> go.Figure:
+    """Give the figure's title its own row under the modebar: in a half-width chart a long title otherwise runs
+    under the buttons Plotly shows at the top right on hover. The plot keeps its height (the figure grows)."""
+    layout = fig.layout
+    if not (layout.title and layout.title.text):
+        return fig
+    height = layout.height or 450
+    top = layout.margin.t if layout.margin.t is not None else 80
+    fig.update_layout(height=height + MODEBAR_PX, margin=dict(t=top + MODEBAR_PX),
+                      title=dict(yref="container", y=1 - MODEBAR_PX / (height + MODEBAR_PX), yanchor="top",
+                                 x=0, xanchor="left", xref="container", pad=dict(l=12)))
+    return fig
+
+
 def _log_dtick(values: np.ndarray):
     """Tick every decade (or every other) on a log axis spanning many decades; Plotly's default otherwise."""
     v = np.asarray(values, dtype=float)

@@ -10,7 +10,7 @@ import streamlit as st
 
 from analysis.config import DEFAULT_MODEL, data_dir
 from analysis.types import SpectrascopeError
-from app import charts_runs, common
+from app import charts, charts_runs, common
 from training import study as studies
 from training import study_report
 
@@ -49,6 +49,7 @@ def metric_options(table: pd.DataFrame, split: str) -> list[str]:
 
 def chart(fig: go.Figure, key: str, stem: str) -> None:
     """A Plotly chart whose modebar camera saves a PNG named after the study (plus a button with kaleido)."""
+    fig = charts.title_below_modebar(fig)
     st.plotly_chart(fig, key=key, width="stretch", config={
         "displaylogo": False,
         "toImageButtonOptions": {"format": "png", "filename": f"{stem}-{key}", "scale": 2}})

@@ -18,6 +18,7 @@ from training.jobs import NAME_RE
 from training.moe_lora import spectra
 from training.moe_lora.spectra import PER_EXPERT, ROUTED
 from training.runs_index import RunArtifact, list_runs, seed_pairs
+from app import charts
 from app import charts_spectra as cs
 from app import common
 
@@ -490,13 +491,13 @@ def main() -> None:
     if any(s.moe for s in sides if s.label in reports):
         st.caption(f"MoE-LoRA runs: **{moe_mode}** — {MOE_MODES[moe_mode]}.")
     summary(reports, sides)
+    sweep = cs.sweep_figure({k: r.sweep() for k, r in reports.items()}, eps)
+    per_layer = cs.per_layer_figure({k: per_layer_table(r) for k, r in reports.items()}, eps)
     c1, c2 = st.columns(2)
     with c1:
-        st.plotly_chart(cs.sweep_figure({k: r.sweep() for k, r in reports.items()}, eps), key="cs_sweep",
-                        width="stretch")
+        st.plotly_chart(charts.title_below_modebar(sweep), key="cs_sweep", width="stretch")
     with c2:
-        st.plotly_chart(cs.per_layer_figure({k: per_layer_table(r) for k, r in reports.items()}, eps),
-                        key="cs_per_layer", width="stretch")
+        st.plotly_chart(charts.title_below_modebar(per_layer), key="cs_per_layer", width="stretch")
     with st.expander("Per-matrix table"):
         label = st.selectbox("Fine-tuned side", list(reports), key="cs_table_side")
         st.dataframe(reports[label].rows[intruders.ROW_COLUMNS[:12]], hide_index=True, width="stretch")

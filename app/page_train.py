@@ -11,7 +11,7 @@ import streamlit as st
 
 from analysis.config import DEFAULT_MODEL
 from analysis.types import SpectrascopeError
-from app import charts_runs, common
+from app import charts, charts_runs, common
 from training.job_progress import summarise
 from app.train_form import K, read_json, run_form
 from app.train_format import human_bytes, human_seconds, setting_text, settings_summary
@@ -192,13 +192,13 @@ def run_detail(store: JobStore, jobs: list) -> None:
     left, right = st.columns(2)
     with left:
         if any("loss" in ln for ln in lines):
-            st.plotly_chart(charts_runs.run_loss_figure(lines), key=f"{K}loss_chart", width="stretch")
+            st.plotly_chart(charts.title_below_modebar(charts_runs.run_loss_figure(lines)), key=f"{K}loss_chart", width="stretch")
         else:
             st.caption("The loss curve appears after the first training step (loading the model takes a moment).")
     with right:
         fig = charts_runs.run_eval_figure(lines)
         if fig is not None:
-            st.plotly_chart(fig, key=f"{K}eval_chart", width="stretch")
+            st.plotly_chart(charts.title_below_modebar(fig), key=f"{K}eval_chart", width="stretch")
         else:
             every = cfg.get("eval_every")
             st.caption("Validation metrics appear after the first validation pass "
