@@ -59,6 +59,13 @@ def wait_handed_over(store: JobStore, job_id: int, seconds: float = 30.0):
     return job
 
 
+def on_sigterm(terminated: threading.Event) -> None:
+    """SIGTERM sets `terminated` (the run stops at its next step). Only the main thread may take signals: a rank
+    run in another thread (a Ray Train worker) stops through the cancel flag and its engine instead."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: terminated.set())
+
+
 def run_rank(store: JobStore, job_id: int) -> str:
     """A non-zero rank of a data-parallel job: train alongside rank 0, which records everything."""
     from training.trainer import train
@@ -68,7 +75,7 @@ def run_rank(store: JobStore, job_id: int) -> str:
         return job.status
     run_dir = Path(job.run_dir)
     terminated = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: terminated.set())
+    on_sigterm(terminated)
     cancel_flag = run_layout.cancel_flag(run_dir)
     result = train(job.config, run_dir, should_stop=lambda: terminated.is_set() or cancel_flag.exists(),
                    resume_from=checkpoint.latest(run_dir))
@@ -87,7 +94,7 @@ def run_job(store: JobStore, job_id: int) -> str:
         print(f"job {job_id} is {job.status}, not running: nothing to do", file=sys.stderr)
         return job.status
     terminated = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: terminated.set())
+    on_sigterm(terminated)
     cancel_flag = run_layout.cancel_flag(run_dir)
 
     def should_stop() -> bool:

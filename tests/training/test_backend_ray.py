@@ -149,6 +149,31 @@ def test_run_submitted_by_one_process_is_followed_to_done_by_another(store, tiny
     assert ray_jobs.BACKEND.poll(job) == backends.Remote("ended", "SUCCEEDED: Job finished successfully.")
 
 
+def test_a_data_parallel_run_on_ray_train_trains_exactly_like_one_process(store, head, tmp_path_factory):
+    """cpu_processes=2 on Ray: two Ray Train workers (gloo) are the job's ranks; without dropout their averaged
+    half-batch gradients give the single local process's losses and weights (the path a run takes when it asks
+    for more GPUs than one node has, there with NCCL)."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    model = str(make_tiny_model(tmp_path_factory.mktemp("bert-nodrop-ray"), "bert", hidden_dropout_prob=0.0,
+                                attention_probs_dropout_prob=0.0))
+    config = {"method": "full", "model": model, "max_steps": 4, "lr": 1e-3, "keep_best": False, **SMALL}
+    one = store.wait(store.submit({**config, "name": "local-one"}).id, timeout=300)
+    job = store.submit({**config, "cpu_processes": 2, "name": "ray-train-two"}, backend="ray",
+                       backend_options={"address": head.dashboard})
+    assert job.backend_options["processes"] == 2
+    two = store.wait(job.id, poll=0.5, timeout=400)
+    assert (one.status, two.status) == ("done", "done"), (two.error, ray_jobs.BACKEND.logs(two, lines=60))
+    assert two.result()["processes"] == 2 and len(two.progress()) == 4          # rank 0 alone writes progress
+    np.testing.assert_allclose([p["loss"] for p in two.progress()], [p["loss"] for p in one.progress()], rtol=1e-5)
+    w1 = load_file(str(one.path("artifacts/model/model.safetensors")))
+    w2 = load_file(str(two.path("artifacts/model/model.safetensors")))
+    assert w1.keys() == w2.keys() and max(float(np.abs(w1[k] - w2[k]).max()) for k in w1) < 1e-5
+    assert (Path(two.run_dir) / "ray_train" / f"spectrascope-{two.id}").is_dir()     # Ray Train's own run record
+    wait_for(lambda: ray_status(head, two.external_id) == "SUCCEEDED", 60, "Ray to see the job succeed")
+
+
 # ---------------------------------------------------------------- cancel and faults
 
 def test_cancel_stops_the_ray_job_and_leaves_no_worker(store, tiny_bert, head):

@@ -53,33 +53,31 @@ class RayBackend(Backend):
                 raise SpectrascopeError(f"gpus={want}: the Ray cluster at {address} has no GPU; ask for at most 1 "
                                         "(a CPU run) or use cpu_processes (--cpu-processes)")
             processes = max(1, int(config.get("cpu_processes") or 1))
-            if processes > max(cpus, default=0):
-                raise SpectrascopeError(f"cpu_processes={processes}: the largest node of the Ray cluster at "
-                                        f"{address} has {max(cpus, default=0)} CPUs")
-            return {"address": address, "num_gpus": 0, "num_cpus": processes, "processes": processes}
+            if processes > sum(cpus):
+                raise SpectrascopeError(f"cpu_processes={processes}: the Ray cluster at {address} has "
+                                        f"{sum(cpus)} CPUs in all")
+            return {"address": address, "num_gpus": 0, "num_cpus": 1, "processes": processes}
         if want > sum(gpus):
             raise SpectrascopeError(f"gpus={want}: more GPUs than the Ray cluster at {address} offers "
                                     f"({sum(gpus)} in all)")
-        if want > max(gpus):
-            raise SpectrascopeError(f"gpus={want}: more GPUs than one node has: not supported on ray yet (the "
-                                    f"largest node has {max(gpus)}; multi-node runs need --backend slurm)")
-        return {"address": address, "num_gpus": want, "num_cpus": 1, "processes": want}
+        return {"address": address, "num_gpus": want, "num_cpus": 1, "processes": want}   # over nodes: Ray Train
 
     # ---- launching ------------------------------------------------------------------------------------------
     def launch(self, job, command: list[str], env: dict[str, str]) -> str:
         options = job.backend_options or {}
         processes = int(options.get("processes") or 1)
-        if processes > 1:        # data-parallel ranks on the node, as a local run: torchrun of the same worker
-            command = [command[0], "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                       str(processes), *command[1:]]
+        driver = {"entrypoint_num_cpus": float(options.get("num_cpus", 1)),
+                  "entrypoint_num_gpus": float(options.get("num_gpus", 0))}
+        if processes > 1:        # data-parallel ranks on one node or many: Ray Train workers (backends.ray_train)
+            command = [command[0], "-m", "training.backends.ray_train", "--job", str(job.id), "--workers",
+                       str(processes), *(["--gpu"] if options.get("num_gpus") else [])]
+            driver = {"entrypoint_num_cpus": 0.0, "entrypoint_num_gpus": 0.0}      # the workers hold the resources
         submission = f"spectrascope-{job.id}-{uuid.uuid4().hex[:8]}"
         env_vars = {k: v for k, v in env.items()
                     if (k in ENV_KEYS or k.startswith(ENV_PREFIXES)) and k not in ENV_SECRETS}
         return client(options["address"]).submit_job(
             entrypoint=shlex.join(command), submission_id=submission,
-            runtime_env={"env_vars": env_vars},
-            entrypoint_num_cpus=float(options.get("num_cpus", 1)),
-            entrypoint_num_gpus=float(options.get("num_gpus", 0)),
+            runtime_env={"env_vars": env_vars}, **driver,
             metadata={"spectrascope_job": str(job.id), "spectrascope_name": job.name,
                       "spectrascope_data": env.get("SPECTRASCOPE_DATA", "")})
 
