@@ -94,7 +94,8 @@ def main() -> int:
         acc, total, per = (mean_ci([r[k] for r in runs]) for k in ("test_acc", "total", "per_lora"))
         rows.append({"method": method.label, "lr": method.default_lr, "n": len(runs), "acc": acc, "total": total,
                      "per_lora": per, "totals": [r["total"] for r in runs], "params": runs[0]["trainable"],
-                     "experts": runs[0]["total"] != runs[0]["per_lora"] or method.weights == "moe"})
+                     "experts": runs[0]["total"] != runs[0]["per_lora"] or method.weights == "moe",
+                     "unit": method.unit})
         print(f"[{method.label}] intruders {[r['total'] for r in runs]}, acc {[round(r['test_acc'], 3) for r in runs]}",
               file=sys.stderr, flush=True)
     print(f"\nbudget: {json.dumps(BUDGET)}, adapters {json.dumps(ADAPTER)}, each method at its default lr; "
@@ -103,8 +104,8 @@ def main() -> int:
           "matrices (mean ± 95 % CI) | per seed |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        count = (f"{r['per_lora'].mean:.1f} ± {r['per_lora'].half_width:.1f} per expert "
-                 f"({r['total'].mean:.1f} over all experts)" if r["experts"]
+        count = (f"{r['per_lora'].mean:.1f} ± {r['per_lora'].half_width:.1f} per {r['unit']} "
+                 f"({r['total'].mean:.1f} over all {r['unit']}s)" if r["experts"]
                  else f"{r['total'].mean:.1f} ± {r['total'].half_width:.1f}")
         print(f"| {r['method']} | {r['lr']:g} | {r['n']} | {r['params']:,} | {r['acc'].mean:.3f} ± "
               f"{r['acc'].half_width:.3f} | {count} | {' '.join(str(t) for t in r['totals'])} |")
