@@ -2,6 +2,7 @@
 import base64
 import os
 import signal
+import time
 
 import numpy as np
 
@@ -43,3 +44,14 @@ def kill_job_processes(store) -> None:
 def ok(at) -> None:
     """An AppTest run raised no exception (the messages are shown if it did)."""
     assert not at.exception, [e.message for e in at.exception]
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition", poll: float = 0.2):
+    """The first truthy value of predicate(), polled every `poll` seconds; AssertionError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from training.jobs import JobStore
 from training.trainer import TrainConfig
 
 from tests.tiny_models import make_tiny_model
-from tests.helpers import kill_job_processes, ok
+from tests.helpers import kill_job_processes, ok, wait_for
 
 TINY = {"tr_max_steps": 1, "tr_max_train_rows": 32, "tr_max_eval_rows": 8, "tr_max_test_rows": 8, "tr_eval_every": 0}
 
@@ -53,15 +52,6 @@ def runs_table(at):
     tables = [df.value for df in at.dataframe if "progress" in df.value.columns]
     assert tables, "no runs table"
     return tables[0]
-
-
-def wait_for(predicate, timeout: float = 120.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_form_renders_with_train_config_defaults(app, data, tiny_bert):

@@ -1,7 +1,6 @@
 """The Train page's Resume button: a cancelled run with a checkpoint continues in its folder; one without says so."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -9,7 +8,7 @@ import pytest
 from training import checkpoint
 from training.jobs import JobStore
 
-from tests.helpers import kill_job_processes, ok
+from tests.helpers import kill_job_processes, ok, wait_for
 from tests.tiny_models import make_tiny_model
 
 
@@ -26,15 +25,6 @@ def data(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     yield tmp_path
     kill_job_processes(JobStore(tmp_path))
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_resume_button_continues_a_cancelled_run_and_is_absent_without_a_checkpoint(app, data, tiny_bert):

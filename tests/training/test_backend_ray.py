@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from analysis.types import SpectrascopeError
-from tests.helpers import assert_clear_error
+from tests.helpers import assert_clear_error, wait_for
 from tests.ray_head import free_port, head, ray_session  # noqa: F401 - fixtures
 from tests.tiny_models import make_tiny_model
 from training import backends
@@ -69,16 +69,6 @@ def ray_status(head, submission_id: str) -> str:
     from ray.job_submission import JobSubmissionClient
 
     return JobSubmissionClient(head.dashboard).get_job_status(submission_id).value
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

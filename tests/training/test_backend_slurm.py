@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from analysis.types import SpectrascopeError
-from tests.helpers import assert_clear_error
+from tests.helpers import assert_clear_error, wait_for
 from tests.tiny_models import make_tiny_model
 from training import backends
 from training.backends import slurm
@@ -124,16 +124,6 @@ def worker_processes(store: JobStore, job_id: int) -> list[psutil.Process]:
             except psutil.Error:
                 continue
     return found
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def wait_training(store: JobStore, job_id: int):

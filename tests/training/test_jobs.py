@@ -19,7 +19,7 @@ from training.jobs import JobStore, max_concurrent, worker_command
 
 ROOT = Path(__file__).resolve().parents[2]
 from tests.tiny_models import make_tiny_model
-from tests.helpers import kill_job_processes
+from tests.helpers import kill_job_processes, wait_for
 SMALL = {"max_train_rows": 32, "max_eval_rows": 8, "max_test_rows": 8, "eval_every": 0}
 
 
@@ -42,16 +42,6 @@ def store(tmp_path, monkeypatch):
 
 def cheap(tiny_bert: str, **extra) -> dict:
     return {"method": "lora", "model": tiny_bert, "max_steps": 1, **SMALL, **extra}
-
-
-def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def wait_training(store: JobStore, job_id: int):

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from training import checkpoint, run_layout
 from training.jobs import JobStore
 from training.trainer import train
 
+from tests import helpers
 from tests.helpers import assert_clear_error, kill_job_processes
 from tests.tiny_models import make_tiny_model
 
@@ -148,13 +148,8 @@ def store(tmp_path, monkeypatch):
 
 
 def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+    """helpers.wait_for at a fine poll: the SIGKILL must land between two steps."""
+    return helpers.wait_for(predicate, timeout, what, poll=0.02)
 
 
 def cli(*args, data: Path) -> subprocess.CompletedProcess:
