@@ -1,4 +1,5 @@
-"""Intruder dimensions (ε = 0.5, top-10) of every registered method on the default model, same budget, ≥ 3 seeds."""
+"""Intruder dimensions (ε = 0.5, top-10) of every registered method on the default model, same budget, ≥ 3 seeds,
+each method at the learning rate that its own small sweep picked on validation accuracy."""
 from __future__ import annotations
 
 import argparse
@@ -16,11 +17,38 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from study_sweep import ADAPTER, BUDGET, run  # noqa: E402  (the study's budget; runs shared with the sweep)
 
 TOP_K, EPSILON = 10, 0.5
+LADDER = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)   # the learning rates a sweep may try
 
 
-def run_name(method) -> str:
-    """Each method at its registry default lr; LoRA and full reuse the sweep's run names (and its runs)."""
-    return f"{method.name}-lr{method.default_lr:g}"
+def run_name(method_name: str, lr: float) -> str:
+    """One run folder per method and lr; LoRA and full reuse the study sweep's names (and its runs)."""
+    return f"{method_name}-lr{lr:g}"
+
+
+def lr_grid(default: float) -> list[float]:
+    """The method's registry default and its two neighbours on LADDER (a best value at an edge of this grid
+    means the default should move there and the sweep run again)."""
+    i = min(range(len(LADDER)), key=lambda j: abs(LADDER[j] / default - 1))
+    return list(LADDER[max(i - 1, 0):i + 2])
+
+
+def select_lr(method, out_dir: Path) -> tuple[float, list[dict]]:
+    """Seed-0 runs over lr_grid(default_lr); the lr with the best VALIDATION accuracy (ties: the default, then
+    the lower lr). The test split plays no part in the choice."""
+    rows = []
+    for lr in lr_grid(method.default_lr):
+        overrides = registry_overrides(method.name, lr)
+        rows.append(run(run_name(method.name, lr), method.name, overrides, 0, out_dir))
+    best = max(rows, key=lambda r: (r["val_acc"], r["lr_used"] == method.default_lr, -r["lr_used"]))
+    return best["lr_used"], rows
+
+
+def registry_overrides(method_name: str, lr: float) -> dict:
+    from training import registry
+
+    overrides = registry.config_for(method_name, {**ADAPTER, "lr": lr})
+    overrides.pop("method")
+    return overrides
 
 
 def tuned_pairs(method, run_dir: Path):
@@ -82,24 +110,34 @@ def main() -> int:
     args = p.parse_args()
     out_dir = (args.out_dir or data_dir() / "sweep").resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    t0, rows = time.time(), []
+    t0, rows, sweeps = time.time(), [], []
     for name in args.methods.split(","):
         method = registry.get(name.strip())
-        overrides = registry.config_for(method.name, {**ADAPTER, "lr": method.default_lr})
-        overrides.pop("method")
+        lr, tried = select_lr(method, out_dir)
+        sweeps.append((method, lr, tried))
         runs = []
         for seed in range(args.seeds):
-            row = run(run_name(method), method.name, overrides, seed, out_dir)
-            runs.append({**row, **intruders(method, out_dir / f"{run_name(method)}-s{seed}")})
+            row = run(run_name(method.name, lr), method.name, registry_overrides(method.name, lr), seed, out_dir)
+            runs.append({**row, **intruders(method, out_dir / f"{run_name(method.name, lr)}-s{seed}")})
         acc, total, per = (mean_ci([r[k] for r in runs]) for k in ("test_acc", "total", "per_lora"))
-        rows.append({"method": method.label, "lr": method.default_lr, "n": len(runs), "acc": acc, "total": total,
+        rows.append({"method": method.label, "lr": lr, "n": len(runs), "acc": acc, "total": total,
                      "per_lora": per, "totals": [r["total"] for r in runs], "params": runs[0]["trainable"],
                      "experts": runs[0]["total"] != runs[0]["per_lora"] or method.weights == "moe",
                      "unit": method.unit})
         print(f"[{method.label}] intruders {[r['total'] for r in runs]}, acc {[round(r['test_acc'], 3) for r in runs]}",
               file=sys.stderr, flush=True)
-    print(f"\nbudget: {json.dumps(BUDGET)}, adapters {json.dumps(ADAPTER)}, each method at its default lr; "
-          f"{args.seeds} seeds; {time.time() - t0:.0f} s\n")
+    print(f"\nbudget: {json.dumps(BUDGET)}, adapters {json.dumps(ADAPTER)}; {args.seeds} seeds; "
+          f"{time.time() - t0:.0f} s\n")
+    print("Learning rate per method: validation accuracy of seed 0 at the registry default and its neighbours\n")
+    print("| method | registry default | validation accuracy by lr (seed 0) | picked |")
+    print("|---|---|---|---|")
+    for method, lr, tried in sweeps:
+        grid = ", ".join(f"{r['lr_used']:g}: {r['val_acc']:.3f}" for r in tried)
+        edge = " (at the grid's edge: move the default there and rerun)" if lr in (tried[0]["lr_used"],
+                                                                                      tried[-1]["lr_used"]) else ""
+        flag = "" if lr == method.default_lr else " (differs from the default)"
+        print(f"| {method.label} | {method.default_lr:g} | {grid} | {lr:g}{flag}{edge} |")
+    print()
     print("| method | lr | seeds | trainable params | test acc (mean ± 95 % CI) | intruders ε = 0.5, 36 block "
           "matrices (mean ± 95 % CI) | per seed |")
     print("|---|---|---|---|---|---|---|")

@@ -153,7 +153,7 @@ def test_bad_options_are_one_clear_line(config, message):
 def test_registry_entries():
     for name in METHODS:
         m = registry.get(name)
-        assert m.default_lr == 1e-3 and m.takes[:4] == ("rank", "alpha", "dropout", "target_modules")
+        assert m.takes[:4] == ("rank", "alpha", "dropout", "target_modules")
         assert [a.key for a in m.arms] == [name] and m.arms[0].reference == "lora"
         assert m.weights == ("merged" if name == "dora" else "adapter")
     assert registry.get("corda").needs_task_data

@@ -83,7 +83,8 @@ def describe(config: dict) -> str:
 
 METHOD = Method(
     name=NAME, label="AdaLoRA", summary="SVD-form LoRA whose ranks are pruned to a budget by importance (peft)",
-    default_lr=1e-3,      # LoRA's sweep value (docs/sweep_default.md); the paper's GLUE scripts use 5e-4 to 1.2e-3
+    default_lr=1e-2,      # best validation of {3e-3, 1e-2, 3e-2} (docs/methods_intruders.md): its ΔW = P·Λ·Q starts
+                          # at Λ = 0 and moves far less per step than LoRA's at 1e-3 (benchmarks/methods_step_size.py)
     artifact_dir="adapter", attach=attach, save=save, load=load,
     takes=("rank", "alpha", "dropout", "target_modules"), options=AdaLoraOptions,
     weights="merged", check=check, on_step=on_step, report=report, describe=describe,

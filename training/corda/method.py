@@ -37,7 +37,8 @@ def describe(config: dict) -> str:
 METHOD = Method(
     name="corda", label="CorDA",
     summary="LoRA from the SVD of each weight times its input covariance on the task's training rows (peft)",
-    default_lr=1e-3, artifact_dir="adapter", attach=attach, save=save, load=load_peft,
+    default_lr=3e-4,      # best validation of {1e-4, 3e-4, 1e-3} (docs/methods_intruders.md)
+    artifact_dir="adapter", attach=attach, save=save, load=load_peft,
     takes=(*ADAPTER_FIELDS, "allocation", "allocation_file"), options=CordaOptions, allocation="ranks",
     check=check, report=report, describe=describe, step_seconds=0.45, needs_task_data=True,
     arms=(Arm("corda", "CorDA", "corda", reference="lora"),),

@@ -15,7 +15,8 @@ def attach(cfg, model, ctx):
 METHOD = Method(
     name="dora", label="DoRA",
     summary="weight-decomposed LoRA: a trained magnitude per row times the LoRA-updated direction (peft)",
-    default_lr=1e-3, artifact_dir="adapter", attach=attach, save=save_peft, load=load_peft,
+    default_lr=1e-3,      # best validation of {3e-4, 1e-3, 3e-3} (docs/methods_intruders.md)
+    artifact_dir="adapter", attach=attach, save=save_peft, load=load_peft,
     takes=(*ADAPTER_FIELDS, "allocation", "allocation_file"), allocation="ranks", check=check,
     weights="merged", describe=describe_rank, step_seconds=0.6,
     arms=(Arm("dora", "DoRA", "dora", reference="lora"),),

@@ -24,7 +24,8 @@ METHOD = Method(
     name="minor", label="Minor-component LoRA",
     summary=("LoRA initialised from each matrix's r smallest singular triplets, the principal part frozen "
              "(Wang et al. 2024, who call it MiLoRA; not the prompt-routed MiLoRA)"),
-    default_lr=1e-3, artifact_dir="adapter", attach=attach, save=save, load=load_peft,
+    default_lr=1e-3,      # best validation of {3e-4, 1e-3, 3e-3} (docs/methods_intruders.md)
+    artifact_dir="adapter", attach=attach, save=save, load=load_peft,
     takes=(*ADAPTER_FIELDS, "allocation", "allocation_file"), allocation="ranks", check=check,
     describe=describe_rank, step_seconds=0.45,
     arms=(Arm("minor", "Minor-component LoRA", "minor", reference="lora"),),
