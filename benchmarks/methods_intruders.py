@@ -123,7 +123,7 @@ def main() -> int:
         rows.append({"method": method.label, "lr": lr, "n": len(runs), "acc": acc, "total": total,
                      "per_lora": per, "totals": [r["total"] for r in runs], "params": runs[0]["trainable"],
                      "experts": runs[0]["total"] != runs[0]["per_lora"] or method.weights == "moe",
-                     "unit": method.unit})
+                     "unit": method.unit, "name": method.name, "accs": [r["test_acc"] for r in runs]})
         print(f"[{method.label}] intruders {[r['total'] for r in runs]}, acc {[round(r['test_acc'], 3) for r in runs]}",
               file=sys.stderr, flush=True)
     print(f"\nbudget: {json.dumps(BUDGET)}, adapters {json.dumps(ADAPTER)}; {args.seeds} seeds; "
@@ -138,15 +138,20 @@ def main() -> int:
         flag = "" if lr == method.default_lr else " (differs from the default)"
         print(f"| {method.label} | {method.default_lr:g} | {grid} | {lr:g}{flag}{edge} |")
     print()
-    print("| method | lr | seeds | trainable params | test acc (mean ± 95 % CI) | intruders ε = 0.5, 36 block "
-          "matrices (mean ± 95 % CI) | per seed |")
-    print("|---|---|---|---|---|---|---|")
+    lora = next((r["accs"] for r in rows if r["name"] == "lora"), None)
+    print("| method | lr | seeds | trainable params | test acc (mean ± 95 % CI) | − LoRA, paired by seed (mean ± 95 % "
+          "CI) | intruders ε = 0.5, 36 block matrices (mean ± 95 % CI) | per seed |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
+        paired = "—"
+        if lora is not None and r["name"] != "lora" and len(r["accs"]) == len(lora) > 1:
+            d = mean_ci([a - b for a, b in zip(r["accs"], lora)])     # same seed: same batch order and head init
+            paired = f"{d.mean:+.3f} ± {d.half_width:.3f}"
         count = (f"{r['per_lora'].mean:.1f} ± {r['per_lora'].half_width:.1f} per {r['unit']} "
                  f"({r['total'].mean:.1f} over all {r['unit']}s)" if r["experts"]
                  else f"{r['total'].mean:.1f} ± {r['total'].half_width:.1f}")
         print(f"| {r['method']} | {r['lr']:g} | {r['n']} | {r['params']:,} | {r['acc'].mean:.3f} ± "
-              f"{r['acc'].half_width:.3f} | {count} | {' '.join(str(t) for t in r['totals'])} |")
+              f"{r['acc'].half_width:.3f} | {paired} | {count} | {' '.join(str(t) for t in r['totals'])} |")
     return 0
 
 

@@ -1,5 +1,5 @@
 """How far each method moves the weights in its first steps at one learning rate: median ‖W_t − W‖/‖W‖ over the
-36 block matrices after N optimizer steps of the real trainer, methods side by side (docs/methods_intruders.md)."""
+adapted matrices after N optimizer steps of the real trainer, methods side by side (docs/methods_intruders.md)."""
 from __future__ import annotations
 
 import argparse
@@ -23,7 +23,8 @@ SHORT = {"eval_every": 0, "max_eval_rows": 50, "max_test_rows": 50, "keep_best":
 
 
 def relative_moves(method, run_dir: Path) -> list[float]:
-    """‖W_t − W‖_F / ‖W‖_F of every block matrix (per expert for MoE-style runs), W the base weight."""
+    """‖W_t − W‖_F / ‖W‖_F of every matrix the run shares with the base (per expert for MoE-style runs), W the base
+    weight; an unadapted matrix counts as 0."""
     return [float((W - W0).norm() / W0.norm()) for _, W0, W in tuned_pairs(method, run_dir)]
 
 
@@ -32,7 +33,7 @@ def main() -> int:
     from training import registry
 
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--methods", default="lora,pissa,corda,minor,dora,adalora", help="comma-separated")
+    p.add_argument("--methods", default="lora,pissa,corda,minor,adalora", help="comma-separated")
     p.add_argument("--lrs", default="3e-4,1e-3,1e-2", help="comma-separated learning rates")
     p.add_argument("--steps", type=int, default=20, help="optimizer steps (of a run whose schedule ends there)")
     p.add_argument("--out-dir", type=Path, default=None, help="run folders (default: data dir/step_size)")
