@@ -336,7 +336,7 @@ def run_form(store: JobStore):
                              help="LoRA rank (per expert for MoE-LoRA)")
     lr = h[1].number_input("Learning rate", 1e-7, 0.5, None, step=1e-5, format="%.1e", key=_default("lr", None, float),
                            placeholder=f"{spec.default_lr:.0e}",
-                           help=f"Empty: {spec.label}'s default, {spec.default_lr:g} (docs/sweep_default.md)")
+                           help=f"Empty: {spec.label}'s default, {spec.default_lr:g} (docs/methods_intruders.md)")
     epochs = h[2].number_input("Epochs", 1, 100, step=1, key=_default("epochs", DEFAULTS.epochs))
     max_steps = h[3].number_input("Max steps", 1, 10**7, None, step=10,
                                   key=_default("max_steps", DEFAULTS.max_steps, int),

@@ -16,7 +16,7 @@ SUBMIT_OPTIONS = [
     ("--rank", "rank", int, "LoRA / expert rank (default 8)"),
     ("--epochs", "epochs", int, "epochs over the training rows (default 1)"),
     ("--max-steps", "max_steps", int, "stop after this many optimizer steps (overrides --epochs)"),
-    ("--lr", "lr", float, "learning rate (default 1e-3 for adapters, 1e-4 for full: docs/sweep_default.md)"),
+    ("--lr", "lr", float, "learning rate (default: the method's, picked on validation: docs/methods_intruders.md)"),
     ("--seed", "seed", int, "random seed (default 0)"),
     ("--batch-size", "batch_size", int, "batch size (default 16)"),
     ("--max-length", "max_length", int, "tokens per example (default 64)"),

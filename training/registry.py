@@ -39,7 +39,7 @@ class Method:
     name: str                                # config value and CLI choice
     label: str                               # shown in tables and on pages
     summary: str                             # one line for help texts
-    default_lr: float                        # from the sweep (docs/sweep_default.md) or the method's paper
+    default_lr: float                        # its own sweep on the default model (docs/methods_intruders.md)
     artifact_dir: str                        # folder under <run>/artifacts
     attach: Callable[..., Any]               # (cfg, model, ctx) -> model ready to train; ctx: AttachContext
     save: Callable[..., Any]                 # (cfg, model, folder) -> None

@@ -33,7 +33,7 @@ class TrainConfig:
     seed: int = 0
     epochs: int = 1
     max_steps: int | None = None           # overrides epochs when set
-    lr: float | None = None                # None: the method's default_lr (docs/sweep_default.md)
+    lr: float | None = None                # None: the method's default_lr (docs/methods_intruders.md)
     head_lr: float | None = None           # classification head's learning rate; None: DEFAULT_HEAD_LR
     batch_size: int = 16
     max_length: int = 64
