@@ -44,6 +44,7 @@ def select_lr(method, out_dir: Path) -> tuple[float, list[dict]]:
 
 
 def registry_overrides(method_name: str, lr: float) -> dict:
+    """The benchmark's adapter settings at `lr`, less what the method does not take (full: no rank)."""
     from training import registry
 
     overrides = registry.config_for(method_name, {**ADAPTER, "lr": lr})
