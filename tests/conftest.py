@@ -26,3 +26,12 @@ def _session_data_dir(tmp_path_factory):
         os.environ.pop("SPECTRASCOPE_DATA", None)
     else:
         os.environ["SPECTRASCOPE_DATA"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> str:
+    """A 2-layer, 32-wide BERT built from a config (BERT's default dropout), with MiniLM's tokenizer: a job costs
+    little more than start-up. One per session: tests only read it."""
+    from tests.tiny_models import make_tiny_model
+
+    return str(make_tiny_model(tmp_path_factory.mktemp("tiny-bert"), "bert"))

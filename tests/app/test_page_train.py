@@ -12,25 +12,15 @@ from training import jobs, registry
 from training.jobs import JobStore
 from training.trainer import TrainConfig
 
-from tests.tiny_models import make_tiny_model
-from tests.helpers import kill_job_processes, ok, wait_for
+from tests.helpers import kill_job_processes, ok, private_job_data, wait_for
 
 TINY = {"tr_max_steps": 1, "tr_max_train_rows": 32, "tr_max_eval_rows": 8, "tr_max_test_rows": 8, "tr_eval_every": 0}
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> str:
-    """A 2-layer, 32-wide BERT built from a config, with MiniLM's tokenizer."""
-    return str(make_tiny_model(tmp_path_factory.mktemp("tiny-bert-ui"), "bert"))
 
 
 @pytest.fixture
 def data(tmp_path, monkeypatch) -> Path:
     """A private data folder; every worker process started meanwhile is killed afterwards."""
-    monkeypatch.setenv("SPECTRASCOPE_DATA", str(tmp_path))
-    monkeypatch.setenv("SPECTRASCOPE_MAX_JOBS", "1")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    private_job_data(monkeypatch, tmp_path)
     yield tmp_path
     kill_job_processes(JobStore(tmp_path))
 

@@ -8,21 +8,12 @@ import pytest
 from training import checkpoint
 from training.jobs import JobStore
 
-from tests.helpers import kill_job_processes, ok, wait_for
-from tests.tiny_models import make_tiny_model
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> str:
-    return str(make_tiny_model(tmp_path_factory.mktemp("tiny-bert-resume"), "bert"))
+from tests.helpers import kill_job_processes, ok, private_job_data, wait_for
 
 
 @pytest.fixture
 def data(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("SPECTRASCOPE_DATA", str(tmp_path))
-    monkeypatch.setenv("SPECTRASCOPE_MAX_JOBS", "1")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    private_job_data(monkeypatch, tmp_path)
     yield tmp_path
     kill_job_processes(JobStore(tmp_path))
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import kill_job_processes, ok
+from tests.helpers import kill_job_processes, ok, private_job_data
 from tests.tiny_models import make_tiny_model
 from training.jobs import JobStore
 
@@ -14,10 +14,7 @@ TINY = {"tr_max_steps": 1, "tr_max_train_rows": 8, "tr_max_eval_rows": 4, "tr_ma
 
 @pytest.fixture
 def data(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("SPECTRASCOPE_DATA", str(tmp_path / "data"))
-    monkeypatch.setenv("SPECTRASCOPE_MAX_JOBS", "1")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    private_job_data(monkeypatch, tmp_path / "data")
     yield tmp_path / "data"
     kill_job_processes(JobStore(tmp_path / "data"))
 

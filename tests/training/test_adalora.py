@@ -17,14 +17,8 @@ from training.adalora.config import AdaLoraOptions
 from training.adalora.model import layer_totals
 from training.trainer import TrainConfig, evaluate_artifacts, prepare_config, train
 
-from tests.tiny_models import make_tiny_model
 
 SMALL = {"max_train_rows": 64, "max_eval_rows": 32, "max_test_rows": 32, "eval_every": 2}
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> str:
-    return str(make_tiny_model(tmp_path_factory.mktemp("tiny-bert"), "bert"))
 
 
 def saved_ranks(run: Path) -> tuple[dict[str, int], dict[str, int]]:

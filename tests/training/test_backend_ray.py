@@ -24,11 +24,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"max_train_rows": 32, "max_eval_rows": 16, "max_test_rows": 16, "eval_every": 0}
 
 
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> str:
-    return str(make_tiny_model(tmp_path_factory.mktemp("tiny-bert"), "bert"))
-
-
 @pytest.fixture
 def store(tmp_path, monkeypatch):
     monkeypatch.setenv("SPECTRASCOPE_DATA", str(tmp_path))

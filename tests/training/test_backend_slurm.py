@@ -17,7 +17,6 @@ import pytest
 
 from analysis.types import SpectrascopeError
 from tests.helpers import assert_clear_error, wait_for
-from tests.tiny_models import make_tiny_model
 from training import backends
 from training.backends import slurm
 from training.jobs import JobStore
@@ -77,11 +76,6 @@ def slurm_env(tmp_path_factory):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-
-
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory) -> str:
-    return str(make_tiny_model(tmp_path_factory.mktemp("tiny-bert-slurm"), "bert"))
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import pytest
 
 from analysis.cli_common import CLOSED_PIPE_STATUS
 from tests.helpers import kill_job_processes
-from tests.tiny_models import make_tiny_model
 from training.cli_common import PlainProgress, progress_bar
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,11 +24,6 @@ SMALL = ["--set", "max_train_rows=32", "--set", "max_eval_rows=8", "--set", "max
          "eval_every=0"]
 # "job 1 running: 3/20 steps (15%), loss 0.6931 [4 s]": what a CI log gets instead of a redrawn bar.
 PLAIN = re.compile(r"^(?P<what>.+): (?P<n>\d+)(?:/(?P<total>\d+))? steps(?: \(\d+%\))?(?:, .+)? \[(?P<s>\d+) s\]$")
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> str:
-    return str(make_tiny_model(tmp_path_factory.mktemp("tiny-bert"), "bert"))
 
 
 @pytest.fixture

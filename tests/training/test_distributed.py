@@ -11,7 +11,7 @@ import torch
 from safetensors.numpy import load_file
 
 from analysis.types import SpectrascopeError
-from tests.helpers import kill_job_processes
+from tests.helpers import kill_job_processes, private_job_data
 from tests.tiny_models import make_tiny_model
 from training.distributed import Ranks, shard
 from training.jobs import JobStore
@@ -32,9 +32,7 @@ def test_shards_cover_every_row_once_in_order():
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPECTRASCOPE_DATA", str(tmp_path))
-    monkeypatch.setenv("SPECTRASCOPE_MAX_JOBS", "1")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    private_job_data(monkeypatch, tmp_path)
     store = JobStore(tmp_path)
     yield store
     kill_job_processes(store)

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import private_job_data
 import torch
 
 from analysis.types import SpectrascopeError
@@ -27,20 +29,13 @@ def tiny(folder: Path, kind: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> str:
-    return tiny(tmp_path_factory.mktemp("tiny-bert"), "bert")
-
-
-@pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory) -> str:
     return tiny(tmp_path_factory.mktemp("tiny-llama"), "llama")
 
 
 @pytest.fixture
 def data(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("SPECTRASCOPE_DATA", str(tmp_path))
-    monkeypatch.setenv("SPECTRASCOPE_MAX_JOBS", "1")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    private_job_data(monkeypatch, tmp_path)
     return tmp_path
 
 

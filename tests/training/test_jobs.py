@@ -18,23 +18,14 @@ from training import jobs
 from training.jobs import JobStore, max_concurrent, worker_command
 
 ROOT = Path(__file__).resolve().parents[2]
-from tests.tiny_models import make_tiny_model
-from tests.helpers import kill_job_processes, wait_for
+from tests.helpers import kill_job_processes, private_job_data, wait_for
 SMALL = {"max_train_rows": 32, "max_eval_rows": 8, "max_test_rows": 8, "eval_every": 0}
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> str:
-    """A 2-layer, 32-wide BERT built from a config, with MiniLM's tokenizer: a job costs little more than startup."""
-    return str(make_tiny_model(tmp_path_factory.mktemp("tiny-bert"), "bert"))
 
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
     """A JobStore on a fresh data folder; every worker process a test started is killed afterwards."""
-    monkeypatch.setenv("SPECTRASCOPE_DATA", str(tmp_path))
-    monkeypatch.setenv("SPECTRASCOPE_MAX_JOBS", "1")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")      # tiny models: one thread is faster and fairer on 2 cores
+    private_job_data(monkeypatch, tmp_path)
     store = JobStore(tmp_path)
     yield store
     kill_job_processes(store)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from analysis.types import SpectrascopeError
-from tests.helpers import assert_clear_error
+from tests.helpers import assert_clear_error, private_job_data
 from tests.tiny_models import make_tiny_model
 from training import lm_eval_harness as harness
 
@@ -41,9 +41,7 @@ def tiny_causal(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def data(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("SPECTRASCOPE_DATA", str(tmp_path))
-    monkeypatch.setenv("SPECTRASCOPE_MAX_JOBS", "1")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    private_job_data(monkeypatch, tmp_path)
     return tmp_path
 
 

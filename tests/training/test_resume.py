@@ -18,7 +18,7 @@ from training.jobs import JobStore
 from training.trainer import train
 
 from tests import helpers
-from tests.helpers import assert_clear_error, kill_job_processes
+from tests.helpers import assert_clear_error, kill_job_processes, private_job_data
 from tests.tiny_models import make_tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,12 +30,6 @@ NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 def tiny_still(tmp_path_factory) -> str:
     """A tiny BERT without dropout anywhere (the LoRA dropout is set to 0 in its configs)."""
     return str(make_tiny_model(tmp_path_factory.mktemp("tiny-still"), "bert", **NO_DROPOUT))
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> str:
-    """A tiny BERT with BERT's default dropout (0.1) on hidden states and attention."""
-    return str(make_tiny_model(tmp_path_factory.mktemp("tiny-bert"), "bert"))
 
 
 def losses(lines: list[dict]) -> dict[int, float]:
@@ -138,9 +132,7 @@ def test_truncate_progress_keeps_steps_up_to_the_checkpoint(tmp_path):
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPECTRASCOPE_DATA", str(tmp_path))
-    monkeypatch.setenv("SPECTRASCOPE_MAX_JOBS", "1")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    private_job_data(monkeypatch, tmp_path)
     monkeypatch.setenv("SPECTRASCOPE_MLFLOW", "1")          # tracked, whatever the session says
     store = JobStore(tmp_path)
     yield store

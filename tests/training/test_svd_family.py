@@ -15,15 +15,9 @@ from training import registry
 from training.runs_index import list_runs
 from training.trainer import TrainConfig, evaluate_artifacts, load_task, split_rows, train
 
-from tests.tiny_models import make_tiny_model
 
 METHODS = ("dora", "pissa", "minor", "corda")
 TINY = {"max_steps": 3, "max_train_rows": 32, "max_eval_rows": 16, "max_test_rows": 16}
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> str:
-    return str(make_tiny_model(tmp_path_factory.mktemp("tiny-bert"), "bert"))
 
 
 def same_metrics(reloaded: dict, trained: dict) -> None:

@@ -10,8 +10,7 @@ from training import run_layout, tracking
 from training.jobs import JobStore
 from training.trainer import TrainConfig
 
-from tests.helpers import kill_job_processes
-from tests.tiny_models import make_tiny_model
+from tests.helpers import kill_job_processes, private_job_data
 
 SMALL = {"max_train_rows": 32, "max_eval_rows": 8, "max_test_rows": 8}
 NOT_PARAMS = {"mlflow", "mlflow_uri", "mlflow_alpha"}
@@ -20,16 +19,9 @@ LM_EVAL = {"results": {"rt_offline": {"alias": "rt_offline", "acc,none": 0.625, 
            "n-shot": {"rt_offline": 0}}
 
 
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> str:
-    return str(make_tiny_model(tmp_path_factory.mktemp("tiny-bert"), "bert"))
-
-
 @pytest.fixture
 def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPECTRASCOPE_DATA", str(tmp_path))
-    monkeypatch.setenv("SPECTRASCOPE_MAX_JOBS", "1")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    private_job_data(monkeypatch, tmp_path)
     monkeypatch.setenv("SPECTRASCOPE_MLFLOW", "1")          # tracked, whatever the session says
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)

@@ -16,11 +16,6 @@ SMALL = {"max_train_rows": 64, "max_eval_rows": 32, "max_test_rows": 32, "eval_e
 
 
 @pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> str:
-    return str(make_tiny_model(tmp_path_factory.mktemp("tiny-bert"), "bert"))
-
-
-@pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory) -> str:
     return str(make_tiny_model(tmp_path_factory.mktemp("tiny-llama"), "llama"))
 
